@@ -1,0 +1,239 @@
+"""Validated numpy/torch front of the Rust CPU engine (`moc_fast._native`).
+
+This is the only module that imports `_native`. It accepts numpy arrays and torch CPU tensors
+(zero-copy when already float32/int64 and C-contiguous), and turns every wrong input into a
+`TypeError` or `ValueError` that names the argument and says what was expected.
+
+Conversions (documented behaviour, not errors):
+- float64 and float16 inputs are converted to float32 (a copy);
+- non-contiguous arrays are copied to C order;
+- integer codes of any integer dtype are converted to int64.
+Rejected: complex, bool, object and integer dtypes where floats are expected; tensors on a GPU
+(move them with `.cpu()`); arrays of the wrong rank; NaN or inf values (the message gives the
+first bad row).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moc_fast import _native
+
+__all__ = [
+    "assign",
+    "assign_multi",
+    "assign_residual",
+    "kmeans",
+    "rq_kmeans",
+    "pack_codes",
+    "unpack_codes",
+    "resolve_collisions",
+    "code_stats",
+    "default_num_threads",
+    "kernel_name",
+]
+
+_FLOATS = (np.float32, np.float64, np.float16)
+
+
+def _to_numpy(name: str, a: Any) -> np.ndarray:
+    """A numpy view of `a`; torch CPU tensors are shared, not copied."""
+    if isinstance(a, np.ndarray):
+        return a
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        if a.device.type != "cpu":
+            raise TypeError(f"{name} is a torch tensor on {a.device}; expected a CPU tensor")
+        return a.detach().numpy()
+    try:
+        return np.asarray(a)
+    except Exception as exc:  # pragma: no cover - numpy's own message is kept
+        raise TypeError(f"{name} must be array-like, got {type(a).__name__}") from exc
+
+
+def _floats(name: str, a: Any, ndim: int | tuple[int, ...]) -> np.ndarray:
+    arr = _to_numpy(name, a)
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if arr.ndim not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{name} must be {want}, got shape {arr.shape}")
+    if arr.dtype.type not in _FLOATS:
+        raise TypeError(f"{name} must be float32 (float64/float16 are converted), got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _ints(name: str, a: Any, ndim: int) -> np.ndarray:
+    arr = _to_numpy(name, a)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _threads(num_threads: int | None) -> int:
+    if num_threads is None:
+        return 0
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+    return int(num_threads)
+
+
+def assign(
+    x: Any, codebook: Any, metric: str = "l2", *, num_threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest codeword of each row of `x (N, d)` in `codebook (K, d)`.
+
+    Returns `codes` (int64, N) and `dist` (float32, N): the squared L2 distance for
+    `metric="l2"`, the (largest) inner product for `metric="ip"`. Ties go to the lowest index,
+    so results do not depend on the thread count.
+    """
+    xs = _floats("x", x, 2)
+    cb = _floats("codebook", codebook, 2)
+    return _native.assign(xs, cb, metric, _threads(num_threads))
+
+
+def assign_multi(
+    x: Any, codebooks: Any, metric: str = "l2", *, num_threads: int | None = None
+) -> np.ndarray:
+    """Codes `(N, M)` of `x` against M independent codebooks `(M, K, d)` in one pass.
+
+    `x` is `(N, M, d)` (one latent per codebook) or `(N, d)` (one latent shared by all).
+    """
+    xs = _floats("x", x, (2, 3))
+    cbs = _floats("codebooks", codebooks, 3)
+    return _native.assign_multi(xs, cbs, metric, _threads(num_threads))
+
+
+def assign_residual(
+    x: Any, codebooks: Any, *, num_threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Residual quantisation through L codebooks `(L, K, d)`: codes `(N, L)`, residual `(N, d)`."""
+    xs = _floats("x", x, 2)
+    cbs = _floats("codebooks", codebooks, 3)
+    return _native.assign_residual(xs, cbs, _threads(num_threads))
+
+
+def kmeans(
+    x: Any,
+    k: int,
+    iters: int = 25,
+    seed: int = 0,
+    init: str = "k-means++",
+    metric: str = "l2",
+    *,
+    num_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd's k-means: `(centroids (k, d), labels (N,), inertia)`.
+
+    `init` is `"k-means++"` or `"random"`; `metric="ip"` runs spherical k-means (rows and
+    centroids normalised; inertia is the sum of 1 - cosine). Empty clusters are re-seeded with
+    the points farthest from their centroids. Same seed, same result, whatever the threads.
+    """
+    xs = _floats("x", x, 2)
+    _check_count("k", k)
+    _check_count("iters", iters, minimum=0)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    centroids, labels, inertia, _ = _native.kmeans(
+        xs, int(k), int(iters), int(seed), init, metric, _threads(num_threads)
+    )
+    return centroids, labels, inertia
+
+
+def rq_kmeans(
+    x: Any,
+    levels: int,
+    k: int,
+    iters: int = 25,
+    seed: int = 0,
+    init: str = "k-means++",
+    *,
+    num_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Residual k-means: `(codebooks (levels, k, d), codes (N, levels), inertia)`.
+
+    Level l clusters the residual that levels < l left; `inertia` is the final Σ‖residual‖².
+    """
+    xs = _floats("x", x, 2)
+    _check_count("levels", levels)
+    _check_count("k", k)
+    _check_count("iters", iters, minimum=0)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return _native.rq_kmeans(
+        xs, int(levels), int(k), int(iters), int(seed), init, _threads(num_threads)
+    )
+
+
+def _check_count(name: str, v: Any, minimum: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def pack_codes(codes: Any, bits: int) -> np.ndarray:
+    """Pack each row of `codes (N, m)` into one uint64 (first code in the highest bits).
+
+    Needs `bits * m <= 64` and `0 <= code < 2**bits`.
+    """
+    return _native.pack_codes(_ints("codes", codes, 2), int(bits))
+
+
+def unpack_codes(ids: Any, m: int, bits: int) -> np.ndarray:
+    """Inverse of `pack_codes`: `(N, m)` int64 codes from N uint64 IDs."""
+    arr = _to_numpy("ids", ids)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"ids must hold integers, got {arr.dtype}")
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise ValueError("ids must be non-negative")
+    return _native.unpack_codes(np.ascontiguousarray(arr, dtype=np.uint64), int(m), int(bits))
+
+
+def resolve_collisions(codes: Any) -> np.ndarray:
+    """Append each item's rank among earlier items with the same full code tuple.
+
+    The result `(N, M+1)` has unique rows: TIGER's extra code.
+    """
+    out, _ = _native.resolve_collisions(_ints("codes", codes, 2))
+    return out
+
+
+def code_stats(codes: Any, codebook_size: int) -> dict[str, Any]:
+    """Codebook health of `codes (N, M)` with codes in `[0, codebook_size)`.
+
+    Returns per-codebook `histogram (M, K)`, `utilization` (used codes / K), `perplexity`
+    (exp of the code entropy), and over full tuples `unique` (distinct tuples),
+    `collision_rate` (1 - unique / N: the share of items that collide with an earlier one) and
+    `max_group` (items in the largest group sharing a tuple).
+    """
+    arr = _ints("codes", codes, 2)
+    _check_count("codebook_size", codebook_size)
+    hist, unique = _native.code_histograms(arr, int(codebook_size))
+    n = arr.shape[0]
+    p = hist / max(n, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    _, largest = _native.resolve_collisions(arr) if n else (None, 0)
+    return {
+        "histogram": hist,
+        "utilization": (hist > 0).mean(axis=1),
+        "perplexity": np.exp(entropy),
+        "unique": int(unique),
+        "collision_rate": 1.0 - unique / n if n else 0.0,
+        "max_group": int(largest),
+    }
+
+
+def default_num_threads() -> int:
+    """Threads the engine uses when `num_threads` is None (`MOC_FAST_NUM_THREADS` overrides)."""
+    return _native.default_num_threads()
+
+
+def kernel_name() -> str:
+    """The distance kernel this CPU runs: "avx512" or "portable" (`MOC_FAST_PORTABLE=1`)."""
+    return _native.kernel_name()
+

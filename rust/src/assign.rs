@@ -1,0 +1,462 @@
+//! Fused, cache-blocked nearest-codeword search: distance and argmin in one pass.
+//!
+//! The N×K distance matrix is never built. Rows go in blocks of [`MB`]; for each block the
+//! inner products with a chunk of at most [`NB`] codewords land in a small scratch tile
+//! (k-blocked by [`KC`] so the packed operands stay in L1/L2), and a vector argmin folds
+//! `bias - alpha·dot` into each row's running best. For L2, `bias = ‖c‖²` and `alpha = 2`
+//! (‖x‖² is constant per row and only added back to report the distance); for inner product,
+//! `bias = 0` and `alpha = 1`. Padding codewords carry `bias = +inf` and never win.
+//!
+//! Every row's result depends only on that row and the codebook (fixed summation order, ties to
+//! the lowest index), so it does not change with the thread count or the block a row falls in.
+
+use crate::error::{check_finite, Error, Result};
+use crate::kernel::{kernels, Epilogue, ReduceFn, TileArgminFn, TileFn, LANES, MR, NR};
+use crate::parallel;
+use rayon::prelude::*;
+
+/// Most rows per block (a multiple of MR): the unit of parallel work.
+pub const MB: usize = 192;
+
+/// Rows per block for dimension `d`: small blocks keep small-d work cache-hot; large blocks
+/// reuse each streamed codebook panel across more rows when d is large.
+pub fn block_rows(d: usize) -> usize {
+    if d <= 128 {
+        48
+    } else {
+        MB
+    }
+}
+/// Largest depth of one k-block.
+const KC: usize = 256;
+/// Codewords per chunk of the scratch tile (a multiple of NR).
+const NB: usize = 1024;
+/// Row stride of the scratch tile: NB plus a cache line, so rows do not alias in L1.
+const LDC: usize = NB + 16;
+
+/// How "nearest" is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Smallest squared Euclidean distance.
+    L2,
+    /// Largest inner product (cosine on normalised inputs).
+    InnerProduct,
+}
+
+impl Metric {
+    pub fn parse(name: &str) -> Result<Metric> {
+        match name {
+            "l2" => Ok(Metric::L2),
+            "ip" => Ok(Metric::InnerProduct),
+            other => Err(Error::value(format!("metric must be 'l2' or 'ip', got {other:?}"))),
+        }
+    }
+}
+
+/// A codebook `(K, d)` laid out for the tile kernel: panels of NR codewords, k-major.
+pub struct PackedCodebook {
+    panels: Vec<f32>,
+    bias: Vec<f32>,
+    alpha: f32,
+    metric: Metric,
+    k: usize,
+    kp: usize,
+    d: usize,
+}
+
+impl PackedCodebook {
+    pub fn new(codebook: &[f32], k: usize, d: usize, metric: Metric) -> Self {
+        let kp = k.div_ceil(NR) * NR;
+        let mut panels = vec![0f32; kp * d];
+        for (c, word) in codebook.chunks_exact(d).take(k).enumerate() {
+            let (p, j) = (c / NR, c % NR);
+            let panel = &mut panels[p * d * NR..(p + 1) * d * NR];
+            for (kk, &v) in word.iter().enumerate() {
+                panel[kk * NR + j] = v;
+            }
+        }
+        let mut bias = vec![f32::INFINITY; kp];
+        for (c, word) in codebook.chunks_exact(d).take(k).enumerate() {
+            bias[c] = match metric {
+                Metric::L2 => sum_squares(word),
+                Metric::InnerProduct => 0.0,
+            };
+        }
+        let alpha = match metric {
+            Metric::L2 => -2.0,
+            Metric::InnerProduct => -1.0,
+        };
+        PackedCodebook { panels, bias, alpha, metric, k, kp, d }
+    }
+
+    pub fn len(&self) -> usize {
+        self.k
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.k == 0
+    }
+}
+
+/// Per-thread scratch: one packed row panel and one tile of inner products.
+pub struct Scratch {
+    apack: Vec<f32>,
+    dot: Vec<f32>,
+    best_v: Vec<f32>,
+    best_i: Vec<i32>,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch {
+            apack: vec![0.0; MB * KC],
+            dot: vec![0.0; MB * LDC],
+            best_v: vec![0.0; MB * LANES],
+            best_i: vec![0; MB * LANES],
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Σ v², summed in 16 fixed lanes so that it vectorises and is reproducible.
+pub fn sum_squares(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for (l, &x) in lanes.iter_mut().zip(ch) {
+            *l += x * x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.iter().map(|x| x * x).sum::<f32>()
+}
+
+/// The kernels one call uses, picked once.
+pub type Kernels = (TileFn, TileArgminFn, ReduceFn);
+
+/// Nearest codeword for `rows` rows (at most MB) of `x`, row stride `lda`, first row at `x[0]`.
+///
+/// Writes the code and the score: the squared distance for L2, the inner product for IP.
+#[allow(clippy::too_many_arguments)]
+pub fn assign_rows(
+    x: &[f32],
+    rows: usize,
+    lda: usize,
+    cb: &PackedCodebook,
+    (tile, tile_argmin, reduce): Kernels,
+    s: &mut Scratch,
+    codes: &mut [i64],
+    score: &mut [f32],
+) {
+    debug_assert!(rows <= MB && codes.len() >= rows && score.len() >= rows);
+    let d = cb.d;
+    let panels_m = rows.div_ceil(MR);
+    s.best_v[..panels_m * MR * LANES].fill(f32::INFINITY);
+    s.best_i[..panels_m * MR * LANES].fill(0);
+    // Split d into equal k-blocks of at most KC (384 -> 2 x 192, not 256 + 128).
+    let kstep = d.div_ceil(d.div_ceil(KC));
+    for c0 in (0..cb.kp).step_by(NB) {
+        let nb = NB.min(cb.kp - c0);
+        for k0 in (0..d).step_by(kstep) {
+            let kc = kstep.min(d - k0);
+            let last = k0 + kc == d;
+            for ip in 0..panels_m {
+                let panel = &mut s.apack[ip * kc * MR..(ip + 1) * kc * MR];
+                for i in 0..MR {
+                    let r = ip * MR + i;
+                    if r < rows {
+                        let src = &x[r * lda + k0..r * lda + k0 + kc];
+                        for (kk, &v) in src.iter().enumerate() {
+                            panel[kk * MR + i] = v;
+                        }
+                    } else {
+                        for kk in 0..kc {
+                            panel[kk * MR + i] = 0.0;
+                        }
+                    }
+                }
+            }
+            for p in c0 / NR..(c0 + nb) / NR {
+                let b = &cb.panels[p * d * NR + k0 * NR..p * d * NR + (k0 + kc) * NR];
+                let epi = Epilogue { bias: cb.bias[p * NR..].as_ptr(), alpha: cb.alpha, base: (p * NR) as i32 };
+                for ip in 0..panels_m {
+                    let a = &s.apack[ip * kc * MR..(ip + 1) * kc * MR];
+                    let c = &mut s.dot[ip * MR * LDC + (p * NR - c0)..];
+                    debug_assert!(c.len() >= (MR - 1) * LDC + NR);
+                    // SAFETY: a, b hold kc*MR and kc*NR floats; c spans MR rows of NR at stride
+                    // LDC; the bias has NR floats from p*NR; best_* hold MR*LANES from ip*MR*LANES.
+                    unsafe {
+                        if last {
+                            let lane = ip * MR * LANES;
+                            let (bv, bi) = (s.best_v[lane..].as_mut_ptr(), s.best_i[lane..].as_mut_ptr());
+                            tile_argmin(kc, a.as_ptr(), b.as_ptr(), c.as_ptr(), LDC, k0 > 0, &epi, bv, bi);
+                        } else {
+                            tile(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), LDC, k0 > 0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..rows {
+        // SAFETY: best_v, best_i hold LANES values from r*LANES.
+        let (j, best) = unsafe { reduce(s.best_v[r * LANES..].as_ptr(), s.best_i[r * LANES..].as_ptr()) };
+        codes[r] = j.min(cb.k - 1) as i64;
+        score[r] = match cb.metric {
+            Metric::L2 => (sum_squares(&x[r * lda..r * lda + d]) + best).max(0.0),
+            Metric::InnerProduct => -best,
+        };
+    }
+}
+
+fn check_len(name: &str, got: usize, want: usize, shape: &str) -> Result<()> {
+    if got != want {
+        return Err(Error::value(format!(
+            "{name} must hold {shape} = {want} floats, got {got}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_codebook(codebook: &[f32], k: usize, d: usize) -> Result<()> {
+    if k == 0 {
+        return Err(Error::value("codebook must have at least one codeword (K >= 1), got K = 0"));
+    }
+    if d == 0 {
+        return Err(Error::value("codewords must have dimension d >= 1, got d = 0"));
+    }
+    check_len("codebook", codebook.len(), k * d, "K*d")?;
+    check_finite("codebook", codebook, d)
+}
+
+/// Nearest codeword of each row of `x (n, d)` in `codebook (k, d)`: codes and scores.
+pub fn assign(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    codebook: &[f32],
+    k: usize,
+    metric: Metric,
+    threads: usize,
+) -> Result<(Vec<i64>, Vec<f32>)> {
+    check_codebook(codebook, k, d)?;
+    check_len("x", x.len(), n * d, "N*d")?;
+    let mut codes = vec![0i64; n];
+    let mut score = vec![0f32; n];
+    parallel::run(threads, || -> Result<()> {
+        check_finite("x", x, d)?;
+        let cb = PackedCodebook::new(codebook, k, d, metric);
+        let ks = kernels();
+        let mb = block_rows(d);
+        codes
+            .par_chunks_mut(mb)
+            .zip(score.par_chunks_mut(mb))
+            .enumerate()
+            .for_each_init(Scratch::new, |s, (b, (c, sc))| {
+                assign_rows(&x[b * mb * d..], c.len(), d, &cb, ks, s, c, sc);
+            });
+        Ok(())
+    })??;
+    Ok((codes, score))
+}
+
+/// Codes of `x` against `m` independent codebooks `(m, k, d)`, as an `(n, m)` row-major array.
+///
+/// `x` is `(n, m, d)` (one latent per codebook) or, with `shared`, `(n, d)` (one latent for all).
+#[allow(clippy::too_many_arguments)]
+pub fn assign_multi(
+    x: &[f32],
+    n: usize,
+    m: usize,
+    d: usize,
+    shared: bool,
+    codebooks: &[f32],
+    k: usize,
+    metric: Metric,
+    threads: usize,
+) -> Result<Vec<i64>> {
+    if m == 0 {
+        return Err(Error::value("codebooks must hold at least one codebook (M >= 1), got M = 0"));
+    }
+    check_codebook(codebooks, m * k, d)?;
+    let lda = if shared { d } else { m * d };
+    check_len("x", x.len(), n * lda, if shared { "N*d" } else { "N*M*d" })?;
+    let mut out = vec![0i64; n * m];
+    parallel::run(threads, || -> Result<()> {
+        check_finite("x", x, lda)?;
+        let cbs: Vec<PackedCodebook> = codebooks
+            .chunks_exact(k * d)
+            .map(|c| PackedCodebook::new(c, k, d, metric))
+            .collect();
+        let ks = kernels();
+        let mb = block_rows(d);
+        out.par_chunks_mut(mb * m).enumerate().for_each_init(
+            || (Scratch::new(), vec![0i64; MB], vec![0f32; MB]),
+            |(s, codes, score), (b, block)| {
+                let rows = block.len() / m;
+                for (j, cb) in cbs.iter().enumerate() {
+                    let offset = if shared { 0 } else { j * d };
+                    let xb = &x[b * mb * lda + offset..];
+                    assign_rows(xb, rows, lda, cb, ks, s, codes, score);
+                    for r in 0..rows {
+                        block[r * m + j] = codes[r];
+                    }
+                }
+            },
+        );
+        Ok(())
+    })??;
+    Ok(out)
+}
+
+/// Residual quantisation of `x (n, d)` through `levels` codebooks `(levels, k, d)`, level by level.
+///
+/// Returns the codes `(n, levels)` and the final residual `(n, d)`. Always L2.
+pub fn assign_residual(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    codebooks: &[f32],
+    levels: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(Vec<i64>, Vec<f32>)> {
+    if levels == 0 {
+        return Err(Error::value("codebooks must hold at least one level (L >= 1), got L = 0"));
+    }
+    check_codebook(codebooks, levels * k, d)?;
+    check_len("x", x.len(), n * d, "N*d")?;
+    let mut out = vec![0i64; n * levels];
+    let mut residual = x.to_vec();
+    parallel::run(threads, || -> Result<()> {
+        check_finite("x", x, d)?;
+        let cbs: Vec<(&[f32], PackedCodebook)> = codebooks
+            .chunks_exact(k * d)
+            .map(|c| (c, PackedCodebook::new(c, k, d, Metric::L2)))
+            .collect();
+        let ks = kernels();
+        let mb = block_rows(d);
+        out.par_chunks_mut(mb * levels)
+            .zip(residual.par_chunks_mut(mb * d))
+            .for_each_init(
+                || (Scratch::new(), vec![0i64; MB], vec![0f32; MB]),
+                |(s, codes, score), (block, res)| {
+                    let rows = block.len() / levels;
+                    for (l, (raw, cb)) in cbs.iter().enumerate() {
+                        assign_rows(res, rows, d, cb, ks, s, codes, score);
+                        for r in 0..rows {
+                            let c = codes[r] as usize;
+                            block[r * levels + l] = codes[r];
+                            let word = &raw[c * d..(c + 1) * d];
+                            for (v, w) in res[r * d..(r + 1) * d].iter_mut().zip(word) {
+                                *v -= w;
+                            }
+                        }
+                    }
+                },
+            );
+        Ok(())
+    })??;
+    Ok((out, residual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_add(99);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Exact score in f64: the squared distance for L2, the inner product for IP.
+    fn exact(row: &[f32], w: &[f32], metric: Metric) -> f64 {
+        match metric {
+            Metric::L2 => row.iter().zip(w).map(|(a, b)| ((a - b) as f64).powi(2)).sum(),
+            Metric::InnerProduct => row.iter().zip(w).map(|(a, b)| (a * b) as f64).sum(),
+        }
+    }
+
+    #[test]
+    fn matches_brute_force_on_awkward_shapes() {
+        for &(n, d, k) in &[(1, 1, 1), (13, 3, 5), (100, 17, 33), (49, 300, 70), (61, 8, 1500)] {
+            for metric in [Metric::L2, Metric::InnerProduct] {
+                let x = lcg(n * d, n as u64);
+                let cb = lcg(k * d, k as u64 + 7);
+                let (codes, score) = assign(&x, n, d, &cb, k, metric, 2).unwrap();
+                for (i, row) in x.chunks(d).enumerate() {
+                    let all: Vec<f64> = cb.chunks(d).map(|w| exact(row, w, metric)).collect();
+                    let best = match metric {
+                        Metric::L2 => all.iter().copied().fold(f64::INFINITY, f64::min),
+                        Metric::InnerProduct => all.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    };
+                    let chosen = all[codes[i] as usize];
+                    // The chosen code is optimal up to float32 rounding, and its score is reported.
+                    assert!((chosen - best).abs() < 1e-4 * (1.0 + best.abs()), "row {i}");
+                    assert!((score[i] as f64 - chosen).abs() < 1e-3 * (1.0 + best.abs()), "row {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_codes_whatever_the_thread_count() {
+        let (n, d, k) = (1000, 24, 300);
+        let x = lcg(n * d, 3);
+        let cb = lcg(k * d, 4);
+        let one = assign(&x, n, d, &cb, k, Metric::L2, 1).unwrap();
+        let two = assign(&x, n, d, &cb, k, Metric::L2, 2).unwrap();
+        assert_eq!(one, two);
+    }
+
+    #[test]
+    fn multi_equals_separate_assigns() {
+        let (n, m, d, k) = (77, 3, 10, 40);
+        let x = lcg(n * m * d, 5);
+        let cbs = lcg(m * k * d, 6);
+        let got = assign_multi(&x, n, m, d, false, &cbs, k, Metric::L2, 2).unwrap();
+        for j in 0..m {
+            let xj: Vec<f32> = x.chunks(d).skip(j).step_by(m).flatten().copied().collect();
+            let (codes, _) = assign(&xj, n, d, &cbs[j * k * d..(j + 1) * k * d], k, Metric::L2, 1).unwrap();
+            for r in 0..n {
+                assert_eq!(got[r * m + j], codes[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn residual_subtracts_the_chosen_codewords() {
+        let (n, d, l, k) = (50, 6, 3, 9);
+        let x = lcg(n * d, 8);
+        let cbs = lcg(l * k * d, 9);
+        let (codes, res) = assign_residual(&x, n, d, &cbs, l, k, 2).unwrap();
+        for r in 0..n {
+            for t in 0..d {
+                let mut v = x[r * d + t];
+                for lv in 0..l {
+                    v -= cbs[(lv * k + codes[r * l + lv] as usize) * d + t];
+                }
+                assert!((v - res[r * d + t]).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_without_panicking() {
+        assert!(matches!(assign(&[0.0; 4], 2, 2, &[], 0, Metric::L2, 1), Err(Error::Value(_))));
+        assert!(assign(&[0.0; 3], 2, 2, &[0.0; 2], 1, Metric::L2, 1).is_err());
+        let err = assign(&[0.0, 1.0, f32::NAN, 0.0], 2, 2, &[0.0; 2], 1, Metric::L2, 1).unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+        assert_eq!(assign(&[], 0, 2, &[0.0; 2], 1, Metric::L2, 1).unwrap().0.len(), 0);
+    }
+}
