@@ -230,8 +230,7 @@ fn check_codebook(codebook: &[f32], k: usize, d: usize) -> Result<()> {
     if d == 0 {
         return Err(Error::value("codewords must have dimension d >= 1, got d = 0"));
     }
-    check_len("codebook", codebook.len(), k * d, "K*d")?;
-    check_finite("codebook", codebook, d)
+    check_len("codebook", codebook.len(), k * d, "K*d")
 }
 
 /// Nearest codeword of each row of `x (n, d)` in `codebook (k, d)`: codes and scores.
@@ -250,6 +249,7 @@ pub fn assign(
     let mut score = vec![0f32; n];
     parallel::run(threads, || -> Result<()> {
         check_finite("x", x, d)?;
+        check_finite("codebook", codebook, d)?;
         let cb = PackedCodebook::new(codebook, k, d, metric);
         let ks = kernels();
         let mb = block_rows(d);
@@ -289,6 +289,7 @@ pub fn assign_multi(
     let mut out = vec![0i64; n * m];
     parallel::run(threads, || -> Result<()> {
         check_finite("x", x, lda)?;
+        check_finite("codebooks", codebooks, d)?;
         let cbs: Vec<PackedCodebook> = codebooks
             .chunks_exact(k * d)
             .map(|c| PackedCodebook::new(c, k, d, metric))
@@ -335,6 +336,7 @@ pub fn assign_residual(
     let mut residual = x.to_vec();
     parallel::run(threads, || -> Result<()> {
         check_finite("x", x, d)?;
+        check_finite("codebooks", codebooks, d)?;
         let cbs: Vec<(&[f32], PackedCodebook)> = codebooks
             .chunks_exact(k * d)
             .map(|c| (c, PackedCodebook::new(c, k, d, Metric::L2)))

@@ -30,6 +30,8 @@ impl std::error::Error for Error {}
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Index of the first row of `x` (rows of `d` floats) holding NaN or ±inf, if any.
+///
+/// Parallel: call it inside [`crate::parallel::run`], never on rayon's global pool.
 pub fn first_non_finite_row(x: &[f32], d: usize) -> Option<usize> {
     use rayon::prelude::*;
     if d == 0 {

@@ -1,0 +1,318 @@
+"""The Rust engine against the numpy references, on fresh random inputs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import moc_fast as mf
+
+settings.register_profile("engine", deadline=None, max_examples=60)
+settings.load_profile("engine")
+
+
+def _data(seed: int, n: int, d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((n, d), dtype=np.float32),
+        rng.standard_normal((k, d), dtype=np.float32),
+    )
+
+
+def _check_optimal(x, cb, codes, dist, metric):
+    """Each code is optimal up to float32 rounding, its score is reported, and where the best
+    code is clear of the runner-up by more than rounding, it is exactly the reference's."""
+    s = ref.scores(x, cb, metric)
+    sign = -1.0 if metric == "ip" else 1.0
+    s = sign * s
+    best = s.min(1)
+    tol = 1e-4 * (1 + np.abs(best) + (x.astype(np.float64) ** 2).sum(1))
+    chosen = s[np.arange(len(x)), codes]
+    assert np.all(chosen - best <= tol)
+    np.testing.assert_allclose(sign * dist, chosen, rtol=1e-4, atol=1e-3 * tol.max())
+    if s.shape[1] > 1:
+        second = np.partition(s, 1, axis=1)[:, 1]
+        clear = second - best > 2 * tol
+        np.testing.assert_array_equal(codes[clear], s.argmin(1)[clear])
+
+
+@given(
+    n=st.integers(1, 130),
+    d=st.integers(1, 70),
+    k=st.integers(1, 300),
+    metric=st.sampled_from(["l2", "ip"]),
+    seed=st.integers(0, 2**31),
+)
+def test_assign_matches_numpy(n, d, k, metric, seed):
+    x, cb = _data(seed, n, d, k)
+    codes, dist = mf.assign(x, cb, metric)
+    assert codes.dtype == np.int64 and dist.dtype == np.float32
+    assert codes.shape == dist.shape == (n,)
+    _check_optimal(x, cb, codes, dist, metric)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(97, 384, 256), (50, 4096, 40), (300, 16, 5000)])
+def test_assign_large_d_and_large_k(n, d, k):
+    x, cb = _data(n + d + k, n, d, k)
+    codes, dist = mf.assign(x, cb)
+    _check_optimal(x, cb, codes, dist, "l2")
+
+
+def test_ties_go_to_the_lowest_index():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((5, 8), dtype=np.float32)
+    cb = np.concatenate([base, base, base])  # codes j, j+5, j+10 are identical
+    x = base[rng.integers(0, 5, size=200)] + 0.01 * rng.standard_normal((200, 8), dtype=np.float32)
+    codes, _ = mf.assign(x, cb)
+    assert codes.max() < 5
+    np.testing.assert_array_equal(codes, ref.assign(x, base)[0])
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x, cb = _data(2, 5000, 40, 333)
+    one = mf.assign(x, cb, num_threads=1)
+    two = mf.assign(x, cb, num_threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    km1 = mf.kmeans(x, 50, iters=5, num_threads=1)
+    km2 = mf.kmeans(x, 50, iters=5, num_threads=2)
+    np.testing.assert_array_equal(km1[0], km2[0])
+    np.testing.assert_array_equal(km1[1], km2[1])
+
+
+@given(
+    n=st.integers(1, 80),
+    m=st.integers(1, 5),
+    d=st.integers(1, 20),
+    k=st.integers(1, 70),
+    shared=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_assign_multi_equals_one_assign_per_codebook(n, m, d, k, shared, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d) if shared else (n, m, d), dtype=np.float32)
+    cbs = rng.standard_normal((m, k, d), dtype=np.float32)
+    codes = mf.assign_multi(x, cbs)
+    assert codes.shape == (n, m)
+    for j in range(m):
+        xj = x if shared else x[:, j]
+        np.testing.assert_array_equal(codes[:, j], mf.assign(xj, cbs[j])[0])
+
+
+@given(
+    n=st.integers(1, 80),
+    levels=st.integers(1, 4),
+    d=st.integers(1, 24),
+    k=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+)
+def test_assign_residual_matches_numpy(n, levels, d, k, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    cbs = rng.standard_normal((levels, k, d), dtype=np.float32) / np.arange(1, levels + 1)[
+        :, None, None
+    ].astype(np.float32)
+    codes, res = mf.assign_residual(x, cbs)
+    assert codes.shape == (n, levels) and res.shape == (n, d)
+    # The residual is what the chosen codewords leave; each level's code is optimal for its input.
+    recon = sum(cbs[lv][codes[:, lv]] for lv in range(levels))
+    np.testing.assert_allclose(res, x - recon, atol=1e-5)
+    inp = x.copy()
+    for lv in range(levels):
+        _check_optimal(inp, cbs[lv], codes[:, lv], ref.scores(inp, cbs[lv], "l2")[
+            np.arange(n), codes[:, lv]].astype(np.float32), "l2")
+        inp = inp - cbs[lv][codes[:, lv]]
+
+
+def test_kmeans_beats_or_matches_textbook_lloyd():
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((20, 16)) * 4
+    x = (centers[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 16))).astype(np.float32)
+    cent, labels, inertia = mf.kmeans(x, 20, iters=30, seed=1)
+    assert cent.shape == (20, 16) and labels.shape == (3000,)
+    # The reported inertia and labels are those of the returned centroids.
+    codes, dist = ref.assign(x, cent)
+    np.testing.assert_array_equal(labels, codes)
+    assert inertia == pytest.approx(dist.sum(), rel=1e-4)
+    # At least as good as textbook Lloyd from random rows (plain k-means++ seeding can still
+    # merge two of these blobs, so the generating centres are not a fair bar).
+    ref_inertias = [
+        ref.lloyd(x, x[np.random.default_rng(s).choice(3000, 20, replace=False)], 30)[1]
+        for s in range(3)
+    ]
+    assert inertia <= np.median(ref_inertias) * 1.001
+
+
+def test_kmeans_is_reproducible_for_a_seed_and_varies_with_it():
+    x, _ = _data(4, 2000, 8, 1)
+    a = mf.kmeans(x, 30, seed=5)
+    b = mf.kmeans(x, 30, seed=5)
+    c = mf.kmeans(x, 30, seed=6)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_kmeans_random_init_and_spherical():
+    x, _ = _data(5, 1500, 12, 1)
+    cent, labels, _ = mf.kmeans(x, 16, init="random")
+    assert len(np.unique(labels)) == 16
+    cent, labels, inertia = mf.kmeans(x, 16, metric="ip")
+    np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, atol=1e-5)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_array_equal(labels, ref.assign(xn, cent, "ip")[0])
+    assert inertia == pytest.approx((1 - (xn * cent[labels]).sum(1)).sum(), rel=1e-3)
+
+
+def test_rq_kmeans_codes_agree_with_assign_residual():
+    x, _ = _data(6, 1200, 10, 1)
+    cbs, codes, inertia = mf.rq_kmeans(x, levels=3, k=16, iters=10)
+    assert cbs.shape == (3, 16, 10) and codes.shape == (1200, 3)
+    again, res = mf.assign_residual(x, cbs)
+    np.testing.assert_array_equal(codes, again)
+    assert inertia == pytest.approx(float((res.astype(np.float64) ** 2).sum()), rel=1e-3)
+    # Each level explains more.
+    one = mf.rq_kmeans(x, levels=1, k=16, iters=10)[2]
+    assert inertia < one
+
+
+@given(
+    codes=st.lists(st.lists(st.integers(0, 255), min_size=3, max_size=3), max_size=50),
+)
+def test_pack_unpack_round_trip(codes):
+    arr = np.array(codes, dtype=np.int64).reshape(-1, 3)
+    ids = mf.pack_codes(arr, 8)
+    assert ids.dtype == np.uint64
+    np.testing.assert_array_equal(mf.unpack_codes(ids, 3, 8), arr)
+    # Sorting the IDs sorts the tuples lexicographically.
+    order = np.argsort(ids, kind="stable")
+    assert [tuple(r) for r in arr[order]] == sorted(map(tuple, arr.tolist()))
+
+
+@given(codes=st.lists(st.lists(st.integers(0, 3), min_size=2, max_size=2), min_size=1, max_size=80))
+def test_resolve_collisions_matches_reference_and_makes_rows_unique(codes):
+    arr = np.array(codes, dtype=np.int64)
+    out = mf.resolve_collisions(arr)
+    np.testing.assert_array_equal(out, ref.resolve_collisions(arr))
+    assert len({tuple(r) for r in out.tolist()}) == len(arr)
+
+
+def test_code_stats_matches_numpy():
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 8, size=(500, 3))
+    codes[:, 2] = 0  # a collapsed codebook
+    st_ = mf.code_stats(codes, 16)
+    for j in range(3):
+        np.testing.assert_array_equal(st_["histogram"][j], np.bincount(codes[:, j], minlength=16))
+    np.testing.assert_allclose(st_["utilization"], [0.5, 0.5, 1 / 16])
+    np.testing.assert_allclose(st_["perplexity"][2], 1.0)
+    assert st_["perplexity"][0] == pytest.approx(8, rel=0.05)
+    unique = len({tuple(r) for r in codes.tolist()})
+    assert st_["unique"] == unique
+    assert st_["collision_rate"] == pytest.approx(1 - unique / 500)
+
+
+def test_empty_inputs_give_empty_results():
+    cb = np.ones((4, 3), np.float32)
+    codes, dist = mf.assign(np.zeros((0, 3), np.float32), cb)
+    assert codes.shape == dist.shape == (0,)
+    assert mf.assign_multi(np.zeros((0, 2, 3), np.float32), np.ones((2, 4, 3), np.float32)).shape == (0, 2)
+    assert mf.pack_codes(np.zeros((0, 2), np.int64), 8).shape == (0,)
+
+
+def test_torch_cpu_tensors_and_conversions_are_accepted():
+    torch = pytest.importorskip("torch")
+    x, cb = _data(8, 64, 6, 10)
+    want = mf.assign(x, cb)[0]
+    np.testing.assert_array_equal(mf.assign(torch.from_numpy(x), torch.from_numpy(cb))[0], want)
+    np.testing.assert_array_equal(mf.assign(x.astype(np.float64), cb)[0], want)
+    strided = np.asfortranarray(x)
+    np.testing.assert_array_equal(mf.assign(strided, cb)[0], want)
+
+
+BAD_INPUTS = [
+    (lambda: mf.assign(np.ones(3, np.float32), np.ones((2, 3), np.float32)), ValueError, "x must be 2-D"),
+    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 4), np.float32)), ValueError, "same dimension"),
+    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((0, 3), np.float32)), ValueError, "K = 0"),
+    (lambda: mf.assign(np.ones((2, 3), np.int32), np.ones((2, 3), np.float32)), TypeError, "float32"),
+    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), "cos"), ValueError, "metric"),
+    (lambda: mf.assign(np.array([[0, 1], [np.nan, 0], [np.inf, 1]], np.float32), np.ones((1, 2), np.float32)),
+     ValueError, "row 1"),
+    (lambda: mf.assign(np.ones((1, 2), np.float32), np.array([[np.inf, 0]], np.float32)), ValueError, "codebook must be finite"),
+    (lambda: mf.assign_multi(np.ones((2, 3, 4), np.float32), np.ones((2, 5, 4), np.float32)), ValueError, "(N, M=2, d=4)"),
+    (lambda: mf.assign_residual(np.ones((2, 3), np.float32), np.ones((2, 5, 4), np.float32)), ValueError, "dimension"),
+    (lambda: mf.kmeans(np.ones((3, 2), np.float32), 5), ValueError, "at least k = 5"),
+    (lambda: mf.kmeans(np.ones((3, 2), np.float32), 0), ValueError, "k must be"),
+    (lambda: mf.kmeans(np.ones((9, 2), np.float32), 2, init="smart"), ValueError, "init"),
+    (lambda: mf.pack_codes(np.array([[1, 256]]), 8), ValueError, "codes[0, 1] = 256"),
+    (lambda: mf.pack_codes(np.ones((1, 5), np.int64), 13), ValueError, "bits * m"),
+    (lambda: mf.pack_codes(np.ones((1, 2), np.float32), 8), TypeError, "integers"),
+    (lambda: mf.unpack_codes(np.array([1 << 20], np.uint64), 2, 8), ValueError, "bits set above"),
+    (lambda: mf.code_stats(np.array([[0, 9]]), 8), ValueError, "codes[0, 1] = 9"),
+    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), num_threads=0), ValueError,
+     "num_threads"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "message"), BAD_INPUTS)
+def test_bad_input_raises_a_clear_error(call, exc, message):
+    with pytest.raises(exc, match=None) as info:
+        call()
+    assert message in str(info.value)
+
+
+def test_gpu_tensors_are_rejected_clearly():
+    torch = pytest.importorskip("torch")
+    x = torch.ones(2, 3, device="meta")
+    with pytest.raises(TypeError, match="CPU tensor"):
+        mf.assign(x, np.ones((2, 3), np.float32))
+
+
+def test_calls_from_several_python_threads_at_once():
+    x, cb = _data(9, 20000, 32, 256)
+    want = mf.assign(x, cb)[0]
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(mf.assign(x, cb)[0])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(results) == 12
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+
+
+def _child_assign(queue):
+    x, cb = _data(10, 500, 8, 16)
+    queue.put(mf.assign(x, cb)[0].tolist())
+
+
+def test_engine_works_in_a_forked_child_after_use_in_the_parent():
+    x, cb = _data(10, 500, 8, 16)
+    want = mf.assign(x, cb)[0].tolist()  # the parent's pool now exists
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_assign, args=(queue,))
+    proc.start()
+    try:
+        got = queue.get(timeout=60)  # a deadlocked child raises queue.Empty here
+        proc.join(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.exitcode == 0
+    assert got == want
