@@ -13,9 +13,10 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from conftest import N_ROWS
 
 import moc_fast as mf
+
+from conftest import N_ROWS
 
 SHAPES = [(32, 256), (64, 1024), (384, 256), (4096, 256)]
 THREADS = mf.default_num_threads()

@@ -13,9 +13,12 @@ def _impl(bench: dict) -> str:
 
 
 def main(path: str) -> None:
-    data = json.load(open(path))
-    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-          f"{data['machine_info'].get('cpu', {}).get('count', '?')} cores\n")
+    with open(path) as f:
+        data = json.load(f)
+    print(
+        f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
+        f"{data['machine_info'].get('cpu', {}).get('count', '?')} cores\n"
+    )
     groups: dict[str, list[dict]] = defaultdict(list)
     for b in data["benchmarks"]:
         groups[b["group"]].append(b)

@@ -14,7 +14,9 @@ def scores(x: np.ndarray, codebook: np.ndarray, metric: str) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def assign(x: np.ndarray, codebook: np.ndarray, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:
+def assign(
+    x: np.ndarray, codebook: np.ndarray, metric: str = "l2"
+) -> tuple[np.ndarray, np.ndarray]:
     s = scores(x, codebook, metric)
     codes = s.argmax(1) if metric == "ip" else s.argmin(1)  # first index on ties
     return codes, s[np.arange(len(x)), codes]

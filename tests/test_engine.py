@@ -7,11 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import moc_fast as mf
+
+import reference as ref
 
 settings.register_profile("engine", deadline=None, max_examples=60)
 settings.load_profile("engine")
@@ -125,8 +126,13 @@ def test_assign_residual_matches_numpy(n, levels, d, k, seed):
     np.testing.assert_allclose(res, x - recon, atol=1e-5)
     inp = x.copy()
     for lv in range(levels):
-        _check_optimal(inp, cbs[lv], codes[:, lv], ref.scores(inp, cbs[lv], "l2")[
-            np.arange(n), codes[:, lv]].astype(np.float32), "l2")
+        _check_optimal(
+            inp,
+            cbs[lv],
+            codes[:, lv],
+            ref.scores(inp, cbs[lv], "l2")[np.arange(n), codes[:, lv]].astype(np.float32),
+            "l2",
+        )
         inp = inp - cbs[lv][codes[:, lv]]
 
 
@@ -221,7 +227,9 @@ def test_empty_inputs_give_empty_results():
     cb = np.ones((4, 3), np.float32)
     codes, dist = mf.assign(np.zeros((0, 3), np.float32), cb)
     assert codes.shape == dist.shape == (0,)
-    assert mf.assign_multi(np.zeros((0, 2, 3), np.float32), np.ones((2, 4, 3), np.float32)).shape == (0, 2)
+    assert mf.assign_multi(
+        np.zeros((0, 2, 3), np.float32), np.ones((2, 4, 3), np.float32)
+    ).shape == (0, 2)
     assert mf.pack_codes(np.zeros((0, 2), np.int64), 8).shape == (0,)
 
 
@@ -236,16 +244,53 @@ def test_torch_cpu_tensors_and_conversions_are_accepted():
 
 
 BAD_INPUTS = [
-    (lambda: mf.assign(np.ones(3, np.float32), np.ones((2, 3), np.float32)), ValueError, "x must be 2-D"),
-    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 4), np.float32)), ValueError, "same dimension"),
-    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((0, 3), np.float32)), ValueError, "K = 0"),
-    (lambda: mf.assign(np.ones((2, 3), np.int32), np.ones((2, 3), np.float32)), TypeError, "float32"),
-    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), "cos"), ValueError, "metric"),
-    (lambda: mf.assign(np.array([[0, 1], [np.nan, 0], [np.inf, 1]], np.float32), np.ones((1, 2), np.float32)),
-     ValueError, "row 1"),
-    (lambda: mf.assign(np.ones((1, 2), np.float32), np.array([[np.inf, 0]], np.float32)), ValueError, "codebook must be finite"),
-    (lambda: mf.assign_multi(np.ones((2, 3, 4), np.float32), np.ones((2, 5, 4), np.float32)), ValueError, "(N, M=2, d=4)"),
-    (lambda: mf.assign_residual(np.ones((2, 3), np.float32), np.ones((2, 5, 4), np.float32)), ValueError, "dimension"),
+    (
+        lambda: mf.assign(np.ones(3, np.float32), np.ones((2, 3), np.float32)),
+        ValueError,
+        "x must be 2-D",
+    ),
+    (
+        lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 4), np.float32)),
+        ValueError,
+        "same dimension",
+    ),
+    (
+        lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((0, 3), np.float32)),
+        ValueError,
+        "K = 0",
+    ),
+    (
+        lambda: mf.assign(np.ones((2, 3), np.int32), np.ones((2, 3), np.float32)),
+        TypeError,
+        "float32",
+    ),
+    (
+        lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), "cos"),
+        ValueError,
+        "metric",
+    ),
+    (
+        lambda: mf.assign(
+            np.array([[0, 1], [np.nan, 0], [np.inf, 1]], np.float32), np.ones((1, 2), np.float32)
+        ),
+        ValueError,
+        "row 1",
+    ),
+    (
+        lambda: mf.assign(np.ones((1, 2), np.float32), np.array([[np.inf, 0]], np.float32)),
+        ValueError,
+        "codebook must be finite",
+    ),
+    (
+        lambda: mf.assign_multi(np.ones((2, 3, 4), np.float32), np.ones((2, 5, 4), np.float32)),
+        ValueError,
+        "(N, M=2, d=4)",
+    ),
+    (
+        lambda: mf.assign_residual(np.ones((2, 3), np.float32), np.ones((2, 5, 4), np.float32)),
+        ValueError,
+        "dimension",
+    ),
     (lambda: mf.kmeans(np.ones((3, 2), np.float32), 5), ValueError, "at least k = 5"),
     (lambda: mf.kmeans(np.ones((3, 2), np.float32), 0), ValueError, "k must be"),
     (lambda: mf.kmeans(np.ones((9, 2), np.float32), 2, init="smart"), ValueError, "init"),
@@ -254,8 +299,11 @@ BAD_INPUTS = [
     (lambda: mf.pack_codes(np.ones((1, 2), np.float32), 8), TypeError, "integers"),
     (lambda: mf.unpack_codes(np.array([1 << 20], np.uint64), 2, 8), ValueError, "bits set above"),
     (lambda: mf.code_stats(np.array([[0, 9]]), 8), ValueError, "codes[0, 1] = 9"),
-    (lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), num_threads=0), ValueError,
-     "num_threads"),
+    (
+        lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), num_threads=0),
+        ValueError,
+        "num_threads",
+    ),
 ]
 
 

@@ -20,7 +20,28 @@ from moc_fast.engine import (
 
 __version__ = "0.1.0"
 
+# The indexers need torch (the `torch` extra); load them on first use so that the engine alone
+# imports without it.
+_LAZY = {
+    "MoCIndexer": "moc_fast.index",
+    "RQVAEIndexer": "moc_fast.index",
+    "KMeansIndexer": "moc_fast.index",
+    "RQKMeansIndexer": "moc_fast.index",
+    "VectorQuantizer": "moc_fast.index",
+    "load_indexer": "moc_fast.index",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'moc_fast' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "assign",
     "assign_multi",
     "assign_residual",

@@ -26,14 +26,18 @@ def synthetic_embeddings(n: int, d: int, topics: int, seed: int) -> np.ndarray:
 
 def _demo(args: argparse.Namespace) -> int:
     x = synthetic_embeddings(args.items, args.dim, topics=64, seed=args.seed)
-    print(f"moc_fast {mf.__version__}: {mf.kernel_name()} kernel, {mf.default_num_threads()} threads")
+    print(
+        f"moc_fast {mf.__version__}: {mf.kernel_name()} kernel, {mf.default_num_threads()} threads"
+    )
     print(f"synthetic catalogue: {args.items} items x {args.dim}-d embeddings\n")
 
     t = time.perf_counter()
     cbs, codes, inertia = mf.rq_kmeans(x, levels=args.levels, k=args.codebook_size, seed=args.seed)
     fit_s = time.perf_counter() - t
-    print(f"RQ-k-means, {args.levels} levels x {args.codebook_size} codes: {fit_s:.2f} s, "
-          f"residual energy {inertia / float((x.astype(np.float64) ** 2).sum()):.3f}")
+    print(
+        f"RQ-k-means, {args.levels} levels x {args.codebook_size} codes: {fit_s:.2f} s, "
+        f"residual energy {inertia / float((x.astype(np.float64) ** 2).sum()):.3f}"
+    )
 
     t = time.perf_counter()
     again, _ = mf.assign_residual(x, cbs)
@@ -45,8 +49,10 @@ def _demo(args: argparse.Namespace) -> int:
     ids = mf.resolve_collisions(codes)
     print(f"utilization per level: {np.round(stats['utilization'], 3).tolist()}")
     print(f"perplexity per level:  {np.round(stats['perplexity'], 1).tolist()}")
-    print(f"collision rate {stats['collision_rate']:.4f} (largest group {stats['max_group']}); "
-          f"with the suffix code every one of {len({tuple(r) for r in ids.tolist()})} IDs is unique")
+    print(
+        f"collision rate {stats['collision_rate']:.4f} (largest group {stats['max_group']}); "
+        f"with the suffix code every one of {len({tuple(r) for r in ids.tolist()})} IDs is unique"
+    )
     packed = mf.pack_codes(ids, bits=max(8, int(np.ceil(np.log2(max(2, ids.max() + 1))))))
     print(f"first item: codes {ids[0].tolist()} -> packed id {int(packed[0])}")
     return 0

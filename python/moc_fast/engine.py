@@ -236,4 +236,3 @@ def default_num_threads() -> int:
 def kernel_name() -> str:
     """The distance kernel this CPU runs: "avx512" or "portable" (`MOC_FAST_PORTABLE=1`)."""
     return _native.kernel_name()
-

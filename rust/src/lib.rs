@@ -40,6 +40,7 @@ mod bindings {
     }
 
     type Codes<'py> = Bound<'py, PyArray1<i64>>;
+    type Residual<'py> = Bound<'py, PyArray2<f32>>;
     type Scores<'py> = Bound<'py, PyArray1<f32>>;
 
     #[pyfunction]
@@ -89,7 +90,7 @@ mod bindings {
         let n = shape[0];
         let (xs, cs) = (contiguous("x", &x)?, contiguous("codebooks", &codebooks)?);
         let out = py.detach(|| engine::assign_multi(xs, n, m, d, shared, cs, k, metric, num_threads))?;
-        Ok(out.into_pyarray(py).reshape([n, m])?)
+        out.into_pyarray(py).reshape([n, m])
     }
 
     #[pyfunction]
@@ -99,7 +100,7 @@ mod bindings {
         x: PyReadonlyArray2<'py, f32>,
         codebooks: PyReadonlyArray3<'py, f32>,
         num_threads: usize,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Residual<'py>)> {
         let [n, d] = [x.shape()[0], x.shape()[1]];
         let [l, k, dc] = [codebooks.shape()[0], codebooks.shape()[1], codebooks.shape()[2]];
         if d != dc {
@@ -182,7 +183,7 @@ mod bindings {
         let n = ids.shape()[0];
         let is = contiguous("ids", &ids)?;
         let out = py.detach(|| codes::unpack_codes(is, m, bits))?;
-        Ok(out.into_pyarray(py).reshape([n, m])?)
+        out.into_pyarray(py).reshape([n, m])
     }
 
     #[pyfunction]

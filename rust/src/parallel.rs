@@ -10,7 +10,10 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-static POOLS: OnceLock<Mutex<HashMap<(u32, usize), Arc<ThreadPool>>>> = OnceLock::new();
+/// Pools by (process id, thread count).
+type Pools = HashMap<(u32, usize), Arc<ThreadPool>>;
+
+static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
 static FIRST_PID: OnceLock<u32> = OnceLock::new();
 
 /// Threads used when the caller passes 0: `MOC_FAST_NUM_THREADS`, else all cores (1 in a

@@ -1,0 +1,250 @@
+"""What every indexer shares: input checks, the VQ-VAE training loop, encode batching."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from moc_fast import engine
+
+log = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 65_536
+
+
+def as_embeddings(X: Any, input_dim: int | None = None, name: str = "X") -> np.ndarray:
+    """`X` as a finite float32 (N, D) array; `input_dim` is what a fitted indexer expects."""
+    arr = X.detach().cpu().numpy() if isinstance(X, Tensor) else np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of item embeddings (N, D), got shape {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{name} must hold floats, got {arr.dtype}")
+    if input_dim is not None and arr.shape[1] != input_dim:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} columns but this indexer was built for D = {input_dim}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{name} must be finite: row {int(np.argmax(bad))} holds NaN or inf")
+    return arr
+
+
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Indexer:
+    """The interface of every indexer: fit, encode, reconstruct, save.
+
+    `encode` returns int64 codes `(N, num_codes)` (plus one collision column where the indexer
+    appends it); `encode_raw` never appends it.
+    """
+
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    codebook_size: int
+    appends_collision_code: bool = False
+
+    @property
+    def num_codes(self) -> int:  # codes per item before any collision suffix
+        raise NotImplementedError
+
+    @property
+    def fitted(self) -> bool:
+        raise NotImplementedError
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(X) before encoding")
+
+    def encode_raw(self, X: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, X: Any) -> np.ndarray:
+        """Semantic IDs of the items in `X (N, D)`: int64 `(N, num_codes[+1])`, deterministic.
+
+        Where a collision code is appended, it ranks each item among the items *of this call*
+        that share its tuple, so encode the whole catalogue at once.
+        """
+        codes = self.encode_raw(X)
+        return engine.resolve_collisions(codes) if self.appends_collision_code else codes
+
+    def reconstruct(self, X: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, path: str) -> None:
+        from moc_fast.index.io import save_indexer
+
+        save_indexer(self, path)
+
+
+class VQIndexer(nn.Module, Indexer):
+    """A VQ-VAE indexer: encoder MLP, quantisers, decoder MLP, trained end to end."""
+
+    def __init__(self, input_dim: int | None, hidden: tuple[int, ...], seed: int) -> None:
+        nn.Module.__init__(self)
+        self.input_dim = input_dim
+        self.hidden = tuple(int(h) for h in hidden)
+        self.seed = seed
+        self.summary = {}
+        self._built = False
+        if input_dim is not None:
+            self.build(input_dim)
+
+    def build(self, input_dim: int) -> None:
+        torch.manual_seed(self.seed)
+        self.input_dim = int(input_dim)
+        self._build_modules(self.input_dim)
+        self._built = True
+
+    def _build_modules(self, input_dim: int) -> None:
+        raise NotImplementedError
+
+    def quantize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`x -> (decoder input, codes (B, num_codes), quantiser loss, mean perplexity)`."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`x -> (reconstruction, codes, quantiser loss, perplexity)`."""
+        zq, codes, qloss, ppl = self.quantize(x)
+        return self.decoder(zq), codes, qloss, ppl
+
+    @property
+    def fitted(self) -> bool:
+        return self._built and bool(self.summary)
+
+    def fit(
+        self,
+        X: Any,
+        epochs: int = 50,
+        batch_size: int = 1024,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> VQIndexer:
+        """Train on item embeddings `X (N, D)`: reconstruction MSE + quantiser losses, Adam."""
+        x = as_embeddings(X, self.input_dim if self._built else None)
+        if epochs < 1 or batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+        if not self._built:
+            self.build(x.shape[1])
+        dev = resolve_device(device)
+        self.to(dev).train()
+        data = torch.from_numpy(x).to(dev)
+        opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+        gen = torch.Generator().manual_seed(self.seed)
+        n, steps = len(x), math.ceil(len(x) / batch_size)
+        bar = _progress(epochs * steps, progress, type(self).__name__)
+        start = time.perf_counter()
+        recon_loss = qloss = ppl = torch.zeros(())
+        for _ in range(epochs):
+            for idx in torch.randperm(n, generator=gen).split(batch_size):
+                xb = data[idx.to(dev)]
+                recon, _, qloss, ppl = self(xb)
+                # Squared error per item (summed over D): with a mean over D, unit-norm text
+                # embeddings give a loss ~1/D that the quantiser losses drown out.
+                recon_loss = ((recon - xb) ** 2).sum(-1).mean()
+                loss = recon_loss + qloss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("indexer training diverged: the loss became NaN/inf")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1)
+            bar.set_postfix(recon=f"{recon_loss.item():.4g}", ppl=f"{ppl.item():.1f}")
+        bar.close()
+        self.eval()
+        self.summary = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "items": n,
+            "device": str(dev),
+            "seconds": round(time.perf_counter() - start, 3),
+            "final_recon_mse": float(recon_loss.item()) / self.input_dim,
+            "final_quantizer_loss": float(qloss.item()),
+            "final_batch_perplexity": float(ppl.item()),
+        }
+        log.info("%s fitted: %s", type(self).__name__, self.summary)
+        return self
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def latents(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def encode_raw(self, X: Any, backend: str = "auto") -> np.ndarray:
+        """Codes without a collision suffix. `backend`: "engine" (Rust, CPU), "torch" (the
+        model's device) or "auto" (Rust when the model is on the CPU). Both give the same codes."""
+        self._require_fitted()
+        if backend not in ("auto", "engine", "torch"):
+            raise ValueError(f"backend must be 'auto', 'engine' or 'torch', got {backend!r}")
+        x = as_embeddings(X, self.input_dim)
+        dev = self._device()
+        use_engine = backend == "engine" or (backend == "auto" and dev.type == "cpu")
+        was_training = self.training
+        self.eval()
+        out = []
+        for s in range(0, len(x), ENCODE_CHUNK):
+            z = self.latents(torch.from_numpy(x[s : s + ENCODE_CHUNK]).to(dev))
+            if use_engine:
+                out.append(self._assign_engine(z))
+            else:
+                out.append(self._assign_torch(z).cpu().numpy())
+        self.train(was_training)
+        if not out:
+            return np.zeros((0, self.num_codes), dtype=np.int64)
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def reconstruct(self, X: Any) -> np.ndarray:
+        """Decoder output for `X`: what the codes keep of each embedding."""
+        self._require_fitted()
+        x = as_embeddings(X, self.input_dim)
+        was_training = self.training
+        self.eval()
+        dev = self._device()
+        parts = [
+            self(torch.from_numpy(x[s : s + ENCODE_CHUNK]).to(dev))[0].float().cpu().numpy()
+            for s in range(0, len(x), ENCODE_CHUNK)
+        ]
+        self.train(was_training)
+        return np.concatenate(parts) if parts else np.zeros_like(x)
+
+    def _assign_engine(self, z: Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def _assign_torch(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)

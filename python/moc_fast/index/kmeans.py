@@ -1,0 +1,163 @@
+"""Training-free indexers: k-means and residual k-means on raw or PCA-reduced embeddings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from moc_fast import engine
+from moc_fast.index.base import Indexer, as_embeddings
+
+
+class _Projection:
+    """Optional PCA to `pca_dim` dimensions (centred, top eigenvectors of the covariance)."""
+
+    def __init__(self, pca_dim: int | None) -> None:
+        self.pca_dim = pca_dim
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None  # (pca_dim, D)
+
+    def fit(self, x: np.ndarray) -> None:
+        if self.pca_dim is None:
+            return
+        if not 1 <= self.pca_dim <= x.shape[1]:
+            raise ValueError(f"pca_dim must be in [1, D = {x.shape[1]}], got {self.pca_dim}")
+        x64 = x.astype(np.float64)
+        self.mean = x64.mean(0)
+        cov = np.cov(x64 - self.mean, rowvar=False)
+        _, vecs = np.linalg.eigh(np.atleast_2d(cov))
+        self.components = vecs[:, ::-1][:, : self.pca_dim].T.copy()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if self.components is None:
+            return x
+        return ((x - self.mean) @ self.components.T).astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        if self.components is None:
+            return y
+        return (y @ self.components + self.mean).astype(np.float32)
+
+
+class _TrainingFree(Indexer):
+    def __init__(self, codebook_size: int, pca_dim: int | None, iters: int, seed: int) -> None:
+        if codebook_size < 1:
+            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+        self.codebook_size, self.iters, self.seed = codebook_size, iters, seed
+        self.proj = _Projection(pca_dim)
+        self.input_dim: int | None = None
+        self.codebooks_: np.ndarray | None = None  # (L, K, d)
+        self.summary: dict[str, Any] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return self.codebooks_ is not None
+
+    def fit(
+        self,
+        X: Any,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        device: Any = None,
+        progress: bool = True,
+    ) -> _TrainingFree:
+        """Cluster `X (N, D)`. `epochs`, when given, sets the Lloyd iterations; `batch_size`
+        and `device` do not apply (the Rust engine uses all CPU cores on the whole set)."""
+        x = as_embeddings(X)
+        iters = self.iters if epochs is None else int(epochs)
+        start = time.perf_counter()
+        self.input_dim = x.shape[1]
+        self.proj.fit(x)
+        y = self.proj.forward(x)
+        self.codebooks_, inertia = self._cluster(y, iters)
+        self.summary = {
+            "items": len(x),
+            "iters": iters,
+            "inertia": float(inertia),
+            "seconds": round(time.perf_counter() - start, 3),
+            "device": "cpu",
+        }
+        return self
+
+    def _cluster(self, y: np.ndarray, iters: int) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+    def encode_raw(self, X: Any) -> np.ndarray:
+        self._require_fitted()
+        y = self.proj.forward(as_embeddings(X, self.input_dim))
+        return engine.assign_residual(y, self.codebooks_)[0]
+
+    def reconstruct(self, X: Any) -> np.ndarray:
+        codes = self.encode_raw(X)
+        y = sum(self.codebooks_[lv][codes[:, lv]] for lv in range(codes.shape[1]))
+        return self.proj.inverse(np.asarray(y, dtype=np.float32))
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"codebooks": self.codebooks_}
+        if self.proj.components is not None:
+            out.update(pca_mean=self.proj.mean, pca_components=self.proj.components)
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray], input_dim: int) -> None:
+        self.codebooks_ = np.ascontiguousarray(state["codebooks"], dtype=np.float32)
+        if "pca_components" in state:
+            self.proj.mean, self.proj.components = state["pca_mean"], state["pca_components"]
+        self.input_dim = input_dim
+
+
+class KMeansIndexer(_TrainingFree):
+    """One code per item: k-means (Rust engine) of the raw or PCA-reduced embeddings."""
+
+    def __init__(
+        self, codebook_size: int = 256, pca_dim: int | None = None, iters: int = 25, seed: int = 0
+    ) -> None:
+        super().__init__(codebook_size, pca_dim, iters, seed)
+        self.config = dict(codebook_size=codebook_size, pca_dim=pca_dim, iters=iters, seed=seed)
+
+    @property
+    def num_codes(self) -> int:
+        return 1
+
+    def _cluster(self, y: np.ndarray, iters: int) -> tuple[np.ndarray, float]:
+        centroids, _, inertia = engine.kmeans(y, self.codebook_size, iters=iters, seed=self.seed)
+        return centroids[None], inertia
+
+
+class RQKMeansIndexer(_TrainingFree):
+    """`levels` codes per item: residual k-means (Rust engine); optionally with the collision
+    code appended, as RQ-VAE does."""
+
+    def __init__(
+        self,
+        levels: int = 3,
+        codebook_size: int = 256,
+        pca_dim: int | None = None,
+        iters: int = 25,
+        seed: int = 0,
+        collision_code: bool = False,
+    ) -> None:
+        if levels < 1:
+            raise ValueError(f"levels must be >= 1, got {levels}")
+        super().__init__(codebook_size, pca_dim, iters, seed)
+        self.levels = levels
+        self.appends_collision_code = collision_code
+        self.config = dict(
+            levels=levels,
+            codebook_size=codebook_size,
+            pca_dim=pca_dim,
+            iters=iters,
+            seed=seed,
+            collision_code=collision_code,
+        )
+
+    @property
+    def num_codes(self) -> int:
+        return self.levels
+
+    def _cluster(self, y: np.ndarray, iters: int) -> tuple[np.ndarray, float]:
+        codebooks, _, inertia = engine.rq_kmeans(
+            y, self.levels, self.codebook_size, iters=iters, seed=self.seed
+        )
+        return codebooks, inertia

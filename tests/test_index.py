@@ -1,0 +1,199 @@
+"""Indexers: quantiser maths, fitting on real item texts, encode paths, save/load, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import moc_fast as mf
+from moc_fast.index import VectorQuantizer, load_indexer
+from moc_fast.metrics import format_report, index_report, nmi
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014"
+
+
+@pytest.fixture(scope="module")
+def beauty() -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings of the first 2,000 Beauty item titles (real data)."""
+    from moc_fast.data import embed_texts, read_item_text
+
+    _, texts = read_item_text(DATA / "beauty" / "item_text.txt", limit=2000)
+    return embed_texts(texts)
+
+
+def _variance(x: np.ndarray) -> float:
+    return float(((x - x.mean(0)) ** 2).mean())
+
+
+def test_straight_through_gradient_and_losses_by_hand():
+    vq = VectorQuantizer(codebook_size=3, dim=2, beta=0.25, kmeans_init=False, restart_after=0)
+    vq.codebook.data = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.0]])
+    z = torch.tensor([[0.9, 1.2], [-1.5, 0.1], [0.1, -0.1]], requires_grad=True)
+    out = vq(z)
+    assert out.codes.tolist() == [1, 2, 0]
+    q = vq.codebook.detach()[[1, 2, 0]]
+    assert torch.equal(out.quantized.detach(), q)
+    mse = ((z.detach() - q) ** 2).mean()
+    assert out.loss.item() == pytest.approx((1 + 0.25) * mse.item(), rel=1e-6)
+    out.quantized.sum().backward(retain_graph=True)
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight through
+    z.grad = None
+    out.loss.backward()
+    n = z.numel()
+    np.testing.assert_allclose(z.grad, 0.25 * 2 * (z.detach() - q) / n, rtol=1e-6)
+    want_cb = torch.zeros(3, 2)
+    want_cb[[1, 2, 0]] = 2 * (q - z.detach()) / n
+    np.testing.assert_allclose(vq.codebook.grad, want_cb, rtol=1e-6)
+
+
+def test_kmeans_initialisation_and_its_minimum_batch():
+    x = torch.randn(500, 4)
+    vq = VectorQuantizer(codebook_size=8, dim=4)
+    vq.train()
+    vq(x)
+    assert bool(vq.initialized)
+    codes = vq.assign_torch(x)
+    assert len(codes.unique()) == 8  # k-means centroids: every code has members
+    with pytest.raises(ValueError, match="at least codebook_size = 8"):
+        VectorQuantizer(codebook_size=8, dim=4).train()(torch.randn(5, 4))
+
+
+def test_dead_codes_are_restarted_from_batch_latents():
+    vq = VectorQuantizer(codebook_size=4, dim=2, kmeans_init=False, restart_after=2)
+    vq.codebook.data = torch.tensor([[0.0, 0.0], [100.0, 100.0], [0.1, 0.0], [0.0, 0.1]])
+    x = torch.randn(64, 2) * 0.1
+    vq.train()
+    vq(x)
+    vq(x)  # code 1 has now been idle for two steps
+    assert vq.codebook[1].abs().max() < 1.0
+    assert any(torch.equal(vq.codebook[1], row) for row in x)
+
+
+def test_ema_moves_codewords_towards_their_members():
+    vq = VectorQuantizer(
+        codebook_size=2, dim=1, ema=True, decay=0.5, kmeans_init=False, restart_after=0
+    )
+    vq.codebook.data = torch.tensor([[0.0], [10.0]])
+    vq.ema_sum.copy_(vq.codebook.data)
+    vq.train()
+    vq(torch.tensor([[1.0], [1.0], [9.0]]))
+    assert 0.0 < vq.codebook[0].item() < 1.0
+    assert vq.codebook[1].item() == pytest.approx(9.5, abs=0.01)
+    assert not vq.codebook.requires_grad
+
+
+@pytest.mark.parametrize("latent", ["per_codebook", "shared"])
+def test_moc_fits_real_items_beats_the_mean_and_encodes_identically(beauty, latent):
+    idx = mf.MoCIndexer(num_codebooks=3, codebook_size=64, latent_dim=16, latent=latent, seed=1)
+    idx.fit(beauty, epochs=15, batch_size=128, progress=False)
+    assert idx.reconstruct(beauty[:500]).shape == (500, 384)
+    mse = float(((idx.reconstruct(beauty) - beauty) ** 2).mean())
+    assert mse < 0.9 * _variance(beauty)
+    rust = idx.encode_raw(beauty, backend="engine")
+    torch_codes = idx.encode_raw(beauty, backend="torch")
+    assert rust.shape == (2000, 3) and rust.dtype == np.int64
+    np.testing.assert_array_equal(rust, torch_codes)
+    np.testing.assert_array_equal(idx.encode(beauty), rust)  # MoC appends no collision code
+
+
+def test_rqvae_encode_appends_a_collision_code_that_makes_ids_unique(beauty):
+    idx = mf.RQVAEIndexer(levels=2, codebook_size=32, latent_dim=16, seed=2)
+    idx.fit(beauty, epochs=15, batch_size=128, progress=False)
+    codes = idx.encode(beauty)
+    assert codes.shape == (2000, 3)
+    assert len({tuple(r) for r in codes.tolist()}) == 2000
+    np.testing.assert_array_equal(codes[:, :2], idx.encode_raw(beauty, backend="torch"))
+    assert float(((idx.reconstruct(beauty) - beauty) ** 2).mean()) < 0.9 * _variance(beauty)
+
+
+@pytest.mark.parametrize("cls", ["KMeansIndexer", "RQKMeansIndexer"])
+def test_training_free_indexers_beat_random_codebooks(beauty, cls):
+    idx = getattr(mf, cls)(codebook_size=64, pca_dim=64, seed=0).fit(beauty)
+    mse = float(((idx.reconstruct(beauty) - beauty) ** 2).mean())
+    rng = np.random.default_rng(0)
+    rand = beauty[rng.choice(2000, 64, replace=False)]
+    rand_mse = float(((beauty - rand[mf.assign(beauty, rand)[0]]) ** 2).mean())
+    assert mse < rand_mse
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mf.MoCIndexer(num_codebooks=2, codebook_size=32, latent_dim=8, metric="cosine"),
+        lambda: mf.RQVAEIndexer(levels=2, codebook_size=32, latent_dim=8),
+        lambda: mf.KMeansIndexer(codebook_size=32),
+        lambda: mf.RQKMeansIndexer(levels=2, codebook_size=32, pca_dim=32, collision_code=True),
+    ],
+)
+def test_save_load_round_trip_gives_identical_codes(beauty, tmp_path, make):
+    idx = make().fit(beauty[:800], epochs=3, batch_size=256, progress=False)
+    path = tmp_path / "idx.safetensors"
+    idx.save(path)
+    again = load_indexer(path)
+    assert type(again) is type(idx) and again.config == idx.config
+    np.testing.assert_array_equal(again.encode(beauty), idx.encode(beauty))
+    assert again.summary == idx.summary
+
+
+def test_corrupt_altered_and_newer_files_are_rejected(beauty, tmp_path):
+    idx = mf.KMeansIndexer(codebook_size=16).fit(beauty[:300])
+    good = tmp_path / "good.st"
+    idx.save(good)
+    data = good.read_bytes()
+    (tmp_path / "short.st").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_indexer(tmp_path / "short.st")
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF
+    (tmp_path / "flip.st").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum"):
+        load_indexer(tmp_path / "flip.st")
+    newer = data.replace(b'\\"format_version\\": 1', b'\\"format_version\\": 9')
+    assert newer != data
+    (tmp_path / "new.st").write_bytes(newer)
+    with pytest.raises(ValueError, match="format version 9"):
+        load_indexer(tmp_path / "new.st")
+
+
+def test_bad_input_is_named(beauty, tmp_path):
+    idx = mf.MoCIndexer(num_codebooks=2, codebook_size=16, latent_dim=8)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        idx.encode(beauty[:10])
+    bad = beauty[:300].copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        idx.fit(bad, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="at least codebook_size = 16"):
+        idx.fit(beauty[:300], epochs=1, batch_size=8, progress=False)
+    fitted = mf.KMeansIndexer(codebook_size=8).fit(beauty[:100])
+    fitted.save(tmp_path / "k.st")
+    with pytest.raises(ValueError, match="built for D = 384"):
+        load_indexer(tmp_path / "k.st").encode(beauty[:5, :100])
+    with pytest.raises(ValueError, match="latent must be"):
+        mf.MoCIndexer(latent="both")
+
+
+def test_index_report_measures_discriminability_and_redundancy(beauty):
+    reports = {}
+    for m in (1, 3):
+        idx = mf.MoCIndexer(num_codebooks=m, codebook_size=32, latent_dim=16, seed=3)
+        idx.fit(beauty, epochs=5, batch_size=256, progress=False)
+        reports[f"moc-{m}"] = index_report(idx, beauty)
+    one, three = reports["moc-1"], reports["moc-3"]
+    assert three["discriminability"] > one["discriminability"]
+    assert three["collision_rate"] < one["collision_rate"]
+    assert 0 < three["redundancy"] < 1 and one["redundancy"] == 0
+    assert all(0 < u <= 1 for u in three["utilization"])
+    assert three["collision_rate_with_suffix"] == 0
+    assert "| moc-3 |" in format_report(reports)
+
+
+def test_nmi_of_identical_and_independent_columns():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 8, 20000)
+    assert nmi(a, a) == pytest.approx(1.0)
+    assert nmi(a, rng.integers(0, 8, 20000)) < 0.01
+    assert nmi(a, (a + 3) % 8) == pytest.approx(1.0)  # a relabelling carries the same information
