@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from moc_fast.fileio import atomic_write_bytes
 from moc_fast.index.base import Indexer, VQIndexer
 
 FORMAT_VERSION = 1
@@ -59,17 +59,7 @@ def save_indexer(indexer: Indexer, path: str | os.PathLike) -> None:
         "checksum": _checksum(tensors),
     }
     data = st_save(tensors, metadata={META_KEY: json.dumps(header)})
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _read_header(data: bytes, path: Path) -> dict[str, Any]:

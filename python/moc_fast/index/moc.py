@@ -20,6 +20,10 @@ class MoCIndexer(VQIndexer):
     residually); the mean of the M quantised vectors goes to one shared decoder. With
     `latent="per_codebook"` the encoder emits M latents of `latent_dim` (one per codebook); with
     `latent="shared"` all codebooks quantise one latent. Each item gets M codes.
+
+    Defaults chosen on real data (Beauty, M = 3, benches/index_quality.py): cosine codes beat L2
+    (discriminability 0.909 vs 0.847, redundancy 0.600 vs 0.690); per-codebook latents beat a
+    shared one slightly (0.847 vs 0.836).
     """
 
     def __init__(
@@ -30,7 +34,7 @@ class MoCIndexer(VQIndexer):
         hidden: tuple[int, ...] = (512, 256, 128),
         latent: str = "per_codebook",
         beta: float = 0.25,
-        metric: str = "l2",
+        metric: str = "cosine",
         ema: bool = False,
         restart_after: int = 50,
         dropout: float = 0.0,

@@ -1,0 +1,11 @@
+"""Triton kernels (GPU; tested on CPU with TRITON_INTERPRET=1), each beside its torch reference."""
+
+from moc_fast.kernels.moc_embedding import (
+    ACTIVATIONS,
+    MODES,
+    moc_embedding,
+    moc_embedding_torch,
+    triton_available,
+)
+
+__all__ = ["ACTIVATIONS", "MODES", "moc_embedding", "moc_embedding_torch", "triton_available"]

@@ -1,0 +1,20 @@
+"""Downstream stage: semantic-code embeddings, CTR backbones and the CTR model."""
+
+from moc_fast.nn.backbones import BACKBONES, DNN, IPNN, AutoIntPlus, DCNv2, DeepFM, make_backbone
+from moc_fast.nn.ctr import CTRModel
+from moc_fast.nn.embeddings import FieldEmbedding, MultiEmbedding
+from moc_fast.nn.moc_embedding import MoCEmbedding
+
+__all__ = [
+    "BACKBONES",
+    "DNN",
+    "IPNN",
+    "AutoIntPlus",
+    "CTRModel",
+    "DCNv2",
+    "DeepFM",
+    "FieldEmbedding",
+    "MoCEmbedding",
+    "MultiEmbedding",
+    "make_backbone",
+]

@@ -1,0 +1,118 @@
+"""MoCEmbedding: one table per codebook + bottleneck fusion across the M code embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from moc_fast.kernels import (
+    ACTIVATIONS,
+    MODES,
+    moc_embedding,
+    moc_embedding_torch,
+    triton_available,
+)
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+class MoCEmbedding(nn.Module):
+    """Drop-in embedding of semantic codes: `forward(codes (B, M)) -> (B, M, embed_dim)`.
+
+    Each codebook is a categorical field with its own `codebook_size × embed_dim` table; the
+    stacked code embeddings E then pass a bottleneck across the M fields (MoC, Eq. 8):
+    `gate`: E ⊙ σ(W_up·act(W_down·vec(E))), `residual`: E + W_up·act(W_down·vec(E)), or
+    `none`. The output is still M fields of size e, so any CTR backbone takes it unchanged.
+    `backend="auto"` runs the fused Triton kernel on CUDA tensors and torch elsewhere.
+    """
+
+    def __init__(
+        self,
+        num_codebooks: int,
+        codebook_size: int,
+        embed_dim: int,
+        fusion: str = "gate",
+        bottleneck: int | None = None,
+        activation: str = "relu",
+        backend: str = "auto",
+        check_codes: bool = True,
+    ) -> None:
+        super().__init__()
+        if min(num_codebooks, codebook_size, embed_dim) < 1:
+            raise ValueError(
+                "num_codebooks, codebook_size and embed_dim must be >= 1, got "
+                f"{num_codebooks}, {codebook_size}, {embed_dim}"
+            )
+        if fusion not in MODES:
+            raise ValueError(f"fusion must be one of {MODES}, got {fusion!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.num_codebooks, self.codebook_size, self.embed_dim = (
+            num_codebooks,
+            codebook_size,
+            embed_dim,
+        )
+        self.fusion, self.activation, self.backend = fusion, activation, backend
+        self.check_codes = check_codes
+        width = num_codebooks * embed_dim
+        self.bottleneck = bottleneck or max(1, width // 2)
+        self.tables = nn.Parameter(torch.empty(num_codebooks, codebook_size, embed_dim))
+        nn.init.normal_(self.tables, std=0.01)
+        if fusion != "none":
+            self.w_down = nn.Parameter(torch.empty(width, self.bottleneck))
+            self.b_down = nn.Parameter(torch.zeros(self.bottleneck))
+            self.w_up = nn.Parameter(torch.empty(self.bottleneck, width))
+            self.b_up = nn.Parameter(torch.zeros(width))
+            nn.init.xavier_uniform_(self.w_down)
+            nn.init.xavier_uniform_(self.w_up)
+        else:
+            self.register_parameter("w_down", None)
+            self.register_parameter("b_down", None)
+            self.register_parameter("w_up", None)
+            self.register_parameter("b_up", None)
+
+    def _use_triton(self, codes: Tensor) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "triton":
+            return True
+        return codes.is_cuda and triton_available()
+
+    def forward(self, codes: Tensor) -> Tensor:
+        if not isinstance(codes, Tensor) or codes.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"codes must be an int64 tensor (B, M), got {getattr(codes, 'dtype', type(codes))}"
+            )
+        if codes.dim() != 2 or codes.shape[1] != self.num_codebooks:
+            raise ValueError(
+                f"codes must have shape (B, M={self.num_codebooks}), got {tuple(codes.shape)}"
+            )
+        if codes.shape[0] == 0:
+            raise ValueError("codes is an empty batch (B = 0)")
+        codes = codes.long()
+        if self.check_codes:
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(
+                    f"codes out of range: found {lo if lo < 0 else hi}, expected 0 <= code < "
+                    f"codebook_size = {self.codebook_size}"
+                )
+        fn = moc_embedding if self._use_triton(codes) else moc_embedding_torch
+        return fn(
+            codes,
+            self.tables,
+            self.w_down,
+            self.b_down,
+            self.w_up,
+            self.b_up,
+            self.fusion,
+            self.activation,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"M={self.num_codebooks}, K={self.codebook_size}, e={self.embed_dim}, "
+            f"fusion={self.fusion}, bottleneck={self.bottleneck}, backend={self.backend}"
+        )
