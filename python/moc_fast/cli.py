@@ -55,6 +55,16 @@ def _demo(args: argparse.Namespace) -> int:
     )
     packed = mf.pack_codes(ids, bits=max(8, int(np.ceil(np.log2(max(2, ids.max() + 1))))))
     print(f"first item: codes {ids[0].tolist()} -> packed id {int(packed[0])}")
+
+    if args.moc_epochs:
+        from moc_fast.metrics import format_report, index_report
+
+        print(f"\nMoC indexer (M = {args.levels} parallel codebooks), {args.moc_epochs} epochs:")
+        moc = mf.MoCIndexer(
+            num_codebooks=args.levels, codebook_size=args.codebook_size, seed=args.seed
+        )
+        moc.fit(x, epochs=args.moc_epochs, batch_size=1024, progress=True)
+        print(format_report({f"MoC M={args.levels}": index_report(moc, x)}))
     return 0
 
 
@@ -62,11 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moc-fast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the engine on a synthetic catalogue (a few seconds)")
+    demo = sub.add_parser(
+        "demo", help="engine + MoC indexer on a synthetic catalogue (under a minute)"
+    )
     demo.add_argument("--items", type=int, default=50_000, help="catalogue size")
     demo.add_argument("--dim", type=int, default=384, help="embedding dimension")
     demo.add_argument("--levels", type=int, default=3, help="residual levels")
     demo.add_argument("--codebook-size", type=int, default=256, help="codes per level")
+    demo.add_argument(
+        "--moc-epochs",
+        type=int,
+        default=5,
+        help="epochs of the MoC indexer trained after the engine demo (0: skip)",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     return parser
