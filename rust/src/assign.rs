@@ -1,9 +1,11 @@
 //! Fused, cache-blocked nearest-codeword search: distance and argmin in one pass.
 //!
-//! The N×K distance matrix is never built. Rows go in blocks of [`MB`]; for each block the
-//! inner products with a chunk of at most [`NB`] codewords land in a small scratch tile
-//! (k-blocked by [`KC`] so the packed operands stay in L1/L2), and a vector argmin folds
-//! `bias - alpha·dot` into each row's running best. For L2, `bias = ‖c‖²` and `alpha = 2`
+//! The N×K distance matrix is never built. Rows go in blocks (48 rows for d ≤ 128, else
+//! [`MB`]); for each block and chunk of at most [`NB`] codewords, k-blocks of at most [`KC`]
+//! keep the operands in L1/L2; partial inner products of earlier k-blocks wait in a small
+//! scratch tile and the last k-block's kernel folds `bias - alpha·dot` straight into 16-lane
+//! running minima (no tile at all when d ≤ KC). Rows of x are read in place for d > 32 and
+//! packed k-major below that (measured: packing wins only at the smallest d). For L2, `bias = ‖c‖²` and `alpha = 2`
 //! (‖x‖² is constant per row and only added back to report the distance); for inner product,
 //! `bias = 0` and `alpha = 1`. Padding codewords carry `bias = +inf` and never win.
 //!
@@ -29,6 +31,9 @@ pub fn block_rows(d: usize) -> usize {
 }
 /// Largest depth of one k-block.
 const KC: usize = 256;
+/// Largest d whose row panels are packed (contiguous broadcasts); above it rows are read in
+/// place, where packing would cost a sizeable share of the work.
+const PACK_MAX_D: usize = 32;
 /// Codewords per chunk of the scratch tile (a multiple of NR).
 const NB: usize = 1024;
 /// Row stride of the scratch tile: NB plus a cache line, so rows do not alias in L1.
@@ -98,7 +103,8 @@ impl PackedCodebook {
     }
 }
 
-/// Per-thread scratch: one packed row panel and one tile of inner products.
+/// Per-thread scratch: a padded copy of a partial row panel, a tile of inner products and the
+/// running argmin lanes.
 pub struct Scratch {
     apack: Vec<f32>,
     dot: Vec<f32>,
@@ -136,8 +142,23 @@ pub fn sum_squares(v: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail.iter().map(|x| x * x).sum::<f32>()
 }
 
-/// The kernels one call uses, picked once.
-pub type Kernels = (TileFn, TileArgminFn, ReduceFn);
+/// The kernels one call uses, picked once: for packed panels and for rows read in place.
+pub struct KernelSet {
+    packed: (TileFn, TileArgminFn, ReduceFn),
+    rows: (TileFn, TileArgminFn, ReduceFn),
+}
+
+impl KernelSet {
+    pub fn new() -> Self {
+        KernelSet { packed: kernels(false), rows: kernels(true) }
+    }
+}
+
+impl Default for KernelSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Nearest codeword for `rows` rows (at most MB) of `x`, row stride `lda`, first row at `x[0]`.
 ///
@@ -148,13 +169,15 @@ pub fn assign_rows(
     rows: usize,
     lda: usize,
     cb: &PackedCodebook,
-    (tile, tile_argmin, reduce): Kernels,
+    kernels: &KernelSet,
     s: &mut Scratch,
     codes: &mut [i64],
     score: &mut [f32],
 ) {
     debug_assert!(rows <= MB && codes.len() >= rows && score.len() >= rows);
     let d = cb.d;
+    let packed = d <= PACK_MAX_D;
+    let (tile, tile_argmin, reduce) = if packed { kernels.packed } else { kernels.rows };
     let panels_m = rows.div_ceil(MR);
     s.best_v[..panels_m * MR * LANES].fill(f32::INFINITY);
     s.best_i[..panels_m * MR * LANES].fill(0);
@@ -165,19 +188,16 @@ pub fn assign_rows(
         for k0 in (0..d).step_by(kstep) {
             let kc = kstep.min(d - k0);
             let last = k0 + kc == d;
-            for ip in 0..panels_m {
+            // Small d: pack every panel k-major. Large d: read full panels of MR rows in place
+            // and copy only a partial last panel, zero-padded, so no read passes the block.
+            let full = if packed { 0 } else { rows / MR };
+            for ip in full..panels_m {
                 let panel = &mut s.apack[ip * kc * MR..(ip + 1) * kc * MR];
                 for i in 0..MR {
                     let r = ip * MR + i;
-                    if r < rows {
-                        let src = &x[r * lda + k0..r * lda + k0 + kc];
-                        for (kk, &v) in src.iter().enumerate() {
-                            panel[kk * MR + i] = v;
-                        }
-                    } else {
-                        for kk in 0..kc {
-                            panel[kk * MR + i] = 0.0;
-                        }
+                    for kk in 0..kc {
+                        let v = if r < rows { x[r * lda + k0 + kk] } else { 0.0 };
+                        panel[if packed { kk * MR + i } else { i * kc + kk }] = v;
                     }
                 }
             }
@@ -185,18 +205,23 @@ pub fn assign_rows(
                 let b = &cb.panels[p * d * NR + k0 * NR..p * d * NR + (k0 + kc) * NR];
                 let epi = Epilogue { bias: cb.bias[p * NR..].as_ptr(), alpha: cb.alpha, base: (p * NR) as i32 };
                 for ip in 0..panels_m {
-                    let a = &s.apack[ip * kc * MR..(ip + 1) * kc * MR];
+                    let (a, a_ld) = if ip < full {
+                        (x[ip * MR * lda + k0..].as_ptr(), lda)
+                    } else {
+                        (s.apack[ip * kc * MR..].as_ptr(), kc)
+                    };
                     let c = &mut s.dot[ip * MR * LDC + (p * NR - c0)..];
                     debug_assert!(c.len() >= (MR - 1) * LDC + NR);
-                    // SAFETY: a, b hold kc*MR and kc*NR floats; c spans MR rows of NR at stride
-                    // LDC; the bias has NR floats from p*NR; best_* hold MR*LANES from ip*MR*LANES.
+                    // SAFETY: a addresses MR rows of kc floats at stride a_ld (in x, or the padded
+                    // copy); b holds kc*NR floats; c spans MR rows of NR at stride LDC; the bias
+                    // has NR floats from p*NR; best_* hold MR*LANES from ip*MR*LANES.
                     unsafe {
                         if last {
                             let lane = ip * MR * LANES;
                             let (bv, bi) = (s.best_v[lane..].as_mut_ptr(), s.best_i[lane..].as_mut_ptr());
-                            tile_argmin(kc, a.as_ptr(), b.as_ptr(), c.as_ptr(), LDC, k0 > 0, &epi, bv, bi);
+                            tile_argmin(kc, a, a_ld, b.as_ptr(), c.as_ptr(), LDC, k0 > 0, &epi, bv, bi);
                         } else {
-                            tile(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), LDC, k0 > 0);
+                            tile(kc, a, a_ld, b.as_ptr(), c.as_mut_ptr(), LDC, k0 > 0);
                         }
                     }
                 }
@@ -251,14 +276,14 @@ pub fn assign(
         check_finite("x", x, d)?;
         check_finite("codebook", codebook, d)?;
         let cb = PackedCodebook::new(codebook, k, d, metric);
-        let ks = kernels();
+        let ks = KernelSet::new();
         let mb = block_rows(d);
         codes
             .par_chunks_mut(mb)
             .zip(score.par_chunks_mut(mb))
             .enumerate()
             .for_each_init(Scratch::new, |s, (b, (c, sc))| {
-                assign_rows(&x[b * mb * d..], c.len(), d, &cb, ks, s, c, sc);
+                assign_rows(&x[b * mb * d..], c.len(), d, &cb, &ks, s, c, sc);
             });
         Ok(())
     })??;
@@ -294,7 +319,7 @@ pub fn assign_multi(
             .chunks_exact(k * d)
             .map(|c| PackedCodebook::new(c, k, d, metric))
             .collect();
-        let ks = kernels();
+        let ks = KernelSet::new();
         let mb = block_rows(d);
         out.par_chunks_mut(mb * m).enumerate().for_each_init(
             || (Scratch::new(), vec![0i64; MB], vec![0f32; MB]),
@@ -303,7 +328,7 @@ pub fn assign_multi(
                 for (j, cb) in cbs.iter().enumerate() {
                     let offset = if shared { 0 } else { j * d };
                     let xb = &x[b * mb * lda + offset..];
-                    assign_rows(xb, rows, lda, cb, ks, s, codes, score);
+                    assign_rows(xb, rows, lda, cb, &ks, s, codes, score);
                     for r in 0..rows {
                         block[r * m + j] = codes[r];
                     }
@@ -341,7 +366,7 @@ pub fn assign_residual(
             .chunks_exact(k * d)
             .map(|c| (c, PackedCodebook::new(c, k, d, Metric::L2)))
             .collect();
-        let ks = kernels();
+        let ks = KernelSet::new();
         let mb = block_rows(d);
         out.par_chunks_mut(mb * levels)
             .zip(residual.par_chunks_mut(mb * d))
@@ -350,7 +375,7 @@ pub fn assign_residual(
                 |(s, codes, score), (block, res)| {
                     let rows = block.len() / levels;
                     for (l, (raw, cb)) in cbs.iter().enumerate() {
-                        assign_rows(res, rows, d, cb, ks, s, codes, score);
+                        assign_rows(res, rows, d, cb, &ks, s, codes, score);
                         for r in 0..rows {
                             let c = codes[r] as usize;
                             block[r * levels + l] = codes[r];

@@ -8,10 +8,14 @@ pub const MR: usize = 12;
 /// Codewords per micro-tile: two 16-lane vectors.
 pub const NR: usize = 32;
 
-/// `c[i*ldc + j] (+)= sum_k a[k*MR + i] * b[k*NR + j]` for `i < MR`, `j < NR`.
+/// `c[i*ldc + j] (+)= sum_k A[i][k] * b[k*NR + j]` for `i < MR`, `j < NR`.
 ///
-/// `a` is an MR-row panel packed k-major, `b` an NR-codeword panel packed k-major.
-pub type TileFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
+/// `b` is an NR-codeword panel packed k-major. `A` is read either in place, MR rows of x at
+/// stride `lda` (`ROWS = true`: no packing, best for large d), or from a panel packed k-major,
+/// `A[i][k] = a[k*MR + i]` (`ROWS = false`; `lda` unused: contiguous broadcasts, best for small
+/// d where the packing is cheap next to the kernel's fixed costs).
+pub type TileFn =
+    unsafe fn(kc: usize, a: *const f32, lda: usize, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
 
 /// Lanes of the running minimum: lane `l` of a row holds the best value, and its code, among
 /// the codes `≡ l (mod 16)` seen so far. Visiting codes in increasing order with a strict `<`
@@ -23,6 +27,7 @@ pub const LANES: usize = 16;
 pub type TileArgminFn = unsafe fn(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *const f32,
     ldc: usize,
@@ -55,20 +60,48 @@ pub fn use_avx512() -> bool {
     }
 }
 
-/// The kernels this CPU runs fastest: tile, tile + argmin, lane reduction.
-pub fn kernels() -> (TileFn, TileArgminFn, ReduceFn) {
+/// The kernels this CPU runs fastest (tile, tile + argmin, lane reduction), reading the rows
+/// of x in place (`rows = true`) or from packed panels.
+pub fn kernels(rows: bool) -> (TileFn, TileArgminFn, ReduceFn) {
     #[cfg(target_arch = "x86_64")]
     {
         if use_avx512() {
-            return (tile_avx512, tile_argmin_avx512, reduce_avx512);
+            return if rows {
+                (tile_avx512::<true>, tile_argmin_avx512::<true>, reduce_avx512)
+            } else {
+                (tile_avx512::<false>, tile_argmin_avx512::<false>, reduce_avx512)
+            };
         }
     }
-    (tile_portable, tile_argmin_portable, reduce_portable)
+    if rows {
+        (tile_portable::<true>, tile_argmin_portable::<true>, reduce_portable)
+    } else {
+        (tile_portable::<false>, tile_argmin_portable::<false>, reduce_portable)
+    }
+}
+
+/// Offset of `A[i][k]` in the two layouts.
+#[inline(always)]
+fn a_at<const ROWS: bool>(i: usize, k: usize, lda: usize) -> usize {
+    if ROWS {
+        i * lda + k
+    } else {
+        k * MR + i
+    }
 }
 
 /// # Safety
-/// `a` holds `kc*MR` floats, `b` holds `kc*NR`, `c` addresses `MR` rows of `NR` at stride `ldc`.
-pub unsafe fn tile_portable(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+/// `a` addresses MR rows of `kc` floats at stride `lda`, `b` holds `kc*NR`, `c` addresses `MR`
+/// rows of `NR` at stride `ldc`.
+pub unsafe fn tile_portable<const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
     let mut sum = [[0f32; NR]; MR];
     if acc {
         for (i, row) in sum.iter_mut().enumerate() {
@@ -77,10 +110,10 @@ pub unsafe fn tile_portable(kc: usize, a: *const f32, b: *const f32, c: *mut f32
     }
     for k in 0..kc {
         let bk = &*(b.add(k * NR) as *const [f32; NR]);
-        let ak = &*(a.add(k * MR) as *const [f32; MR]);
-        for i in 0..MR {
-            for j in 0..NR {
-                sum[i][j] += ak[i] * bk[j];
+        for (i, row) in sum.iter_mut().enumerate() {
+            let ai = *a.add(a_at::<ROWS>(i, k, lda));
+            for (s, &bj) in row.iter_mut().zip(bk) {
+                *s += ai * bj;
             }
         }
     }
@@ -92,9 +125,10 @@ pub unsafe fn tile_portable(kc: usize, a: *const f32, b: *const f32, c: *mut f32
 /// # Safety
 /// As [`tile_portable`]; `epi.bias` holds NR floats; `best_v`, `best_i` hold MR*LANES values.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_argmin_portable(
+pub unsafe fn tile_argmin_portable<const ROWS: bool>(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *const f32,
     ldc: usize,
@@ -109,7 +143,7 @@ pub unsafe fn tile_argmin_portable(
             sum[i * NR..(i + 1) * NR].copy_from_slice(std::slice::from_raw_parts(c.add(i * ldc), NR));
         }
     }
-    tile_portable(kc, a, b, sum.as_mut_ptr(), NR, true);
+    tile_portable::<ROWS>(kc, a, lda, b, sum.as_mut_ptr(), NR, true);
     for i in 0..MR {
         for j in 0..NR {
             // alpha is -1 or -2: the product is exact, so this matches the fused AVX-512 form.
@@ -145,7 +179,15 @@ pub unsafe fn reduce_portable(best_v: *const f32, best_i: *const i32) -> (usize,
 /// As [`tile_portable`]; the CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+pub unsafe fn tile_avx512<const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
     use std::arch::x86_64::*;
     let mut s0 = [_mm512_setzero_ps(); MR];
     let mut s1 = [_mm512_setzero_ps(); MR];
@@ -160,11 +202,11 @@ pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, 
         let b0 = _mm512_loadu_ps(bp);
         let b1 = _mm512_loadu_ps(bp.add(16));
         for i in 0..MR {
-            let ai = _mm512_set1_ps(*ap.add(i));
+            let ai = _mm512_set1_ps(*ap.add(a_at::<ROWS>(i, 0, lda)));
             s0[i] = _mm512_fmadd_ps(ai, b0, s0[i]);
             s1[i] = _mm512_fmadd_ps(ai, b1, s1[i]);
         }
-        ap = ap.add(MR);
+        ap = ap.add(if ROWS { 1 } else { MR });
         bp = bp.add(NR);
     }
     for i in 0..MR {
@@ -178,9 +220,10 @@ pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_argmin_avx512(
+pub unsafe fn tile_argmin_avx512<const ROWS: bool>(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *const f32,
     ldc: usize,
@@ -203,11 +246,11 @@ pub unsafe fn tile_argmin_avx512(
         let b0 = _mm512_loadu_ps(bp);
         let b1 = _mm512_loadu_ps(bp.add(16));
         for i in 0..MR {
-            let ai = _mm512_set1_ps(*ap.add(i));
+            let ai = _mm512_set1_ps(*ap.add(a_at::<ROWS>(i, 0, lda)));
             s0[i] = _mm512_fmadd_ps(ai, b0, s0[i]);
             s1[i] = _mm512_fmadd_ps(ai, b1, s1[i]);
         }
-        ap = ap.add(MR);
+        ap = ap.add(if ROWS { 1 } else { MR });
         bp = bp.add(NR);
     }
     let va = _mm512_set1_ps(epi.alpha);
@@ -271,46 +314,69 @@ mod tests {
         let mut bi = vec![0i32; MR * LANES];
         let epi = Epilogue { bias: bias.as_ptr(), alpha: -2.0, base: 64 };
         unsafe {
-            f(kc, a.as_ptr(), b.as_ptr(), std::ptr::null(), 0, false, &epi, bv.as_mut_ptr(), bi.as_mut_ptr());
+            let (bvp, bip) = (bv.as_mut_ptr(), bi.as_mut_ptr());
+            f(kc, a.as_ptr(), kc, b.as_ptr(), std::ptr::null(), 0, false, &epi, bvp, bip);
             (0..MR).map(|i| reduce(bv.as_ptr().add(i * LANES), bi.as_ptr().add(i * LANES))).collect()
         }
     }
 
     #[test]
     fn fast_kernels_match_portable() {
-        let (tile, tile_argmin, reduce) = kernels();
-        for &kc in &[1usize, 7, 64] {
-            let a = rand_vec(kc * MR, 1);
-            let b = rand_vec(kc * NR, 2);
-            let mut c1 = rand_vec(MR * NR, 3);
-            let mut c2 = c1.clone();
-            unsafe {
-                tile(kc, a.as_ptr(), b.as_ptr(), c1.as_mut_ptr(), NR, true);
-                tile_portable(kc, a.as_ptr(), b.as_ptr(), c2.as_mut_ptr(), NR, true);
-            }
-            for (x, y) in c1.iter().zip(&c2) {
-                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
-            }
-            let bias = rand_vec(NR, 4);
-            let fast = run_argmin(tile_argmin, reduce, kc, &a, &b, &bias);
-            let slow = run_argmin(tile_argmin_portable, reduce_portable, kc, &a, &b, &bias);
-            for (f, s) in fast.iter().zip(&slow) {
-                assert!(f.0 == s.0 || (f.1 - s.1).abs() < 1e-5, "{f:?} vs {s:?}");
-                assert!(f.0 >= 64 && f.0 < 64 + NR);
+        for rows in [true, false] {
+            let (tile, tile_argmin, reduce) = kernels(rows);
+            let (slow_tile, slow_argmin): (TileFn, TileArgminFn) = if rows {
+                (tile_portable::<true>, tile_argmin_portable::<true>)
+            } else {
+                (tile_portable::<false>, tile_argmin_portable::<false>)
+            };
+            for &kc in &[1usize, 7, 64] {
+                let a = rand_vec(kc * MR, 1);
+                let b = rand_vec(kc * NR, 2);
+                let mut c1 = rand_vec(MR * NR, 3);
+                let mut c2 = c1.clone();
+                unsafe {
+                    tile(kc, a.as_ptr(), kc, b.as_ptr(), c1.as_mut_ptr(), NR, true);
+                    slow_tile(kc, a.as_ptr(), kc, b.as_ptr(), c2.as_mut_ptr(), NR, true);
+                }
+                for (x, y) in c1.iter().zip(&c2) {
+                    assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+                }
+                let bias = rand_vec(NR, 4);
+                let fast = run_argmin(tile_argmin, reduce, kc, &a, &b, &bias);
+                let slow = run_argmin(slow_argmin, reduce_portable, kc, &a, &b, &bias);
+                for (f, s) in fast.iter().zip(&slow) {
+                    assert!(f.0 == s.0 || (f.1 - s.1).abs() < 1e-5, "{f:?} vs {s:?}");
+                    assert!(f.0 >= 64 && f.0 < 64 + NR);
+                }
             }
         }
     }
 
     #[test]
+    fn the_two_layouts_compute_the_same_tile() {
+        // Row-major A (MR x kc) and its k-major packing must give identical products.
+        let kc = 9;
+        let rows = rand_vec(MR * kc, 5);
+        let packed: Vec<f32> = (0..kc).flat_map(|k| (0..MR).map(move |i| (i, k))).map(|(i, k)| rows[i * kc + k]).collect();
+        let b = rand_vec(kc * NR, 6);
+        let (mut c1, mut c2) = (vec![0f32; MR * NR], vec![0f32; MR * NR]);
+        unsafe {
+            tile_portable::<true>(kc, rows.as_ptr(), kc, b.as_ptr(), c1.as_mut_ptr(), NR, false);
+            tile_portable::<false>(kc, packed.as_ptr(), 0, b.as_ptr(), c2.as_mut_ptr(), NR, false);
+        }
+        assert_eq!(c1, c2);
+    }
+
+    #[test]
     fn argmin_breaks_ties_to_lowest_index() {
-        let (_, tile_argmin, reduce) = kernels();
+        let (_, tile_argmin, reduce) = kernels(true);
         // All inner products are 0, so the value is the bias: three codes tie at -1.
         let (a, b) = (vec![0f32; MR], vec![0f32; NR]);
         let mut bias = vec![1.0f32; NR];
         for j in [29, 17, 21] {
             bias[j] = -1.0;
         }
-        for (f, r) in [(tile_argmin, reduce), (tile_argmin_portable as TileArgminFn, reduce_portable as ReduceFn)] {
+        for (f, r) in [(tile_argmin, reduce), (tile_argmin_portable::<true> as TileArgminFn, reduce_portable as ReduceFn)] {
             let got = run_argmin(f, r, 1, &a, &b, &bias);
             assert!(got.iter().all(|&g| g == (64 + 17, -1.0)), "{got:?}");
         }
