@@ -8,8 +8,19 @@ from moc_fast.cli import main, synthetic_embeddings
 
 
 def test_demo_runs_end_to_end(capsys):
-    args = ["demo", "--items", "3000", "--dim", "32", "--levels", "2", "--codebook-size", "16",
-            "--moc-epochs", "1"]
+    args = [
+        "demo",
+        "--items",
+        "3000",
+        "--dim",
+        "32",
+        "--levels",
+        "2",
+        "--codebook-size",
+        "16",
+        "--moc-epochs",
+        "1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "every one of 3000 IDs is unique" in out
