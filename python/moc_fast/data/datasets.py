@@ -60,6 +60,23 @@ class Interactions:
         cols = [self.item_fields[f] for f in present]
         return [". ".join(v for v in vals if v) for vals in zip(*cols, strict=True)]
 
+    def subset_users(self, n: int) -> Interactions:
+        """The first `n` users with their interactions and only the items they touched."""
+        keep = self.users < n
+        items_used = np.unique(self.items[keep])
+        remap = np.full(self.num_items, -1, dtype=np.int64)
+        remap[items_used] = np.arange(len(items_used))
+        return Interactions(
+            self.name,
+            self.user_ids[:n],
+            [self.item_ids[i] for i in items_used],
+            self.users[keep],
+            remap[self.items[keep]],
+            self.order[keep],
+            None if self.timestamps is None else self.timestamps[keep],
+            {f: [v[i] for i in items_used] for f, v in self.item_fields.items()},
+        )
+
     def attribute(self, name: str) -> list[str] | None:
         """A categorical item attribute: `brand`, or `category` (the top-level category)."""
         if name == "category" and "categories" in self.item_fields:

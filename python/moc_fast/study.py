@@ -1,0 +1,336 @@
+"""The scaling study: methods × scales × backbones × seeds, resumable, to results.csv.
+
+Every cell trains one CTR model and appends one row; finished cells are never rerun. Data,
+CTR samples, text embeddings and indexers are built once per dataset (and per method and
+scale for indexers) and shared across backbones and seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moc_fast.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+METHODS = (
+    "popularity",
+    "id-only",
+    "text-mlp",
+    "me",
+    "rqvae",
+    "moc-none",
+    "moc-gate",
+    "moc-residual",
+)
+SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual")
+COLUMNS = [
+    "dataset",
+    "method",
+    "scale",
+    "backbone",
+    "seed",
+    "val_auc",
+    "test_auc",
+    "test_logloss",
+    "best_epoch",
+    "epochs",
+    "seconds",
+    "discriminability",
+    "redundancy",
+    "collision_rate",
+    "utilization",
+    "info_abundance",
+]
+
+
+@dataclass
+class StudyConfig:
+    """The grid and its training settings (`moc-fast study --config` reads these keys)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["synthetic"])
+    methods: list[str] = field(default_factory=lambda: ["id-only", "me", "rqvae", "moc-gate"])
+    scales: list[int] = field(default_factory=lambda: [1, 2, 3, 7])
+    backbones: list[str] = field(default_factory=lambda: ["deepfm"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    embed_dim: int = 16
+    epochs: int = 20
+    patience: int = 3
+    batch_size: int = 4096
+    lr: float = 1e-3
+    negatives: int = 1
+    codebook_size: int = 256
+    index_epochs: int = 30
+    index_batch_size: int = 512
+    max_users: int | None = None  # a slice: the first users and the items they touched
+    out: str = "study_out"
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from moc_fast.nn.backbones import BACKBONES
+
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}: expected one of {list(METHODS)}")
+        for b in self.backbones:
+            if b.lower() not in BACKBONES:
+                raise ValueError(f"unknown backbone {b!r}: expected one of {sorted(BACKBONES)}")
+        if not self.scales or min(self.scales) < 1:
+            raise ValueError(f"scales must be integers >= 1, got {self.scales}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown study config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def cell_key(row: dict[str, Any]) -> tuple:
+    return (row["dataset"], row["method"], int(row["scale"]), row["backbone"], int(row["seed"]))
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def information_abundance(table: np.ndarray) -> tuple[float, np.ndarray]:
+    """IA = ‖σ‖₁ / ‖σ‖∞ of an embedding table (Guo et al.) and its normalised spectrum."""
+    s = np.linalg.svd(table.astype(np.float64), compute_uv=False)
+    if s.size == 0 or s[0] == 0:
+        return 0.0, s
+    return float(s.sum() / s[0]), s / s[0]
+
+
+class _Dataset:
+    """What a dataset's cells share: interactions, CTR splits, text embeddings, codes."""
+
+    def __init__(self, spec: str, cfg: StudyConfig) -> None:
+        from moc_fast.data.datasets import load_dataset
+        from moc_fast.data.protocol import build_ctr
+        from moc_fast.data.synthetic import synthetic_catalog
+
+        self.cfg = cfg
+        self.data = synthetic_catalog() if spec == "synthetic" else load_dataset(spec)
+        if cfg.max_users:
+            self.data = self.data.subset_users(cfg.max_users)
+        self.name = self.data.name
+        self.splits = build_ctr(self.data, negatives=cfg.negatives, seed=0)
+        self._emb: np.ndarray | None = None
+        self._codes: dict[tuple[str, int], tuple[np.ndarray, dict[str, float]]] = {}
+
+    def embeddings(self) -> np.ndarray:
+        if self._emb is None:
+            from moc_fast.data.text import embed_texts
+
+            self._emb = embed_texts(self.data.item_text(), progress=self.cfg.progress)
+        return self._emb
+
+    def codes(self, family: str, scale: int) -> tuple[np.ndarray, dict[str, float]]:
+        """Item codes of an indexer, trained once per (family, scale), cached on disk."""
+        key = (family, scale)
+        if key in self._codes:
+            return self._codes[key]
+        from moc_fast.data.text import cache_dir
+
+        c = self.cfg
+        tag = f"{self.name}-{family}-{scale}-K{c.codebook_size}-e{c.index_epochs}-u{c.max_users}"
+        cache = cache_dir() / "codes" / f"{tag}.npz"  # large: kept out of the results folder
+        if cache.exists():
+            z = np.load(cache, allow_pickle=False)
+            self._codes[key] = (z["codes"], json.loads(str(z["metrics"])))
+            return self._codes[key]
+        import moc_fast as mf
+        from moc_fast.metrics import index_report
+
+        x = self.embeddings()
+        k = min(self.cfg.codebook_size, len(x))
+        cls = (
+            mf.MoCIndexer(num_codebooks=scale, codebook_size=k)
+            if family == "moc"
+            else mf.RQVAEIndexer(levels=scale, codebook_size=k)
+        )
+        cls.fit(
+            x,
+            epochs=self.cfg.index_epochs,
+            batch_size=max(self.cfg.index_batch_size, k),
+            device=self.cfg.device,
+            progress=self.cfg.progress,
+        )
+        cls.cpu()
+        rep = index_report(cls, x)
+        metrics = {
+            "discriminability": rep["discriminability"],
+            "redundancy": rep["redundancy"],
+            "collision_rate": rep["collision_rate"],
+            "utilization": float(np.mean(rep["utilization"])),
+        }
+        codes = cls.encode(x)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, codes=codes, metrics=np.array(json.dumps(metrics)))
+        atomic_write_bytes(cache, buf.getvalue())
+        self._codes[key] = (codes, metrics)
+        return self._codes[key]
+
+
+def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None):
+    from moc_fast.train import CTRData
+
+    items = part.extra["items"]
+    return CTRData(
+        part.x,
+        part.y,
+        None if codes is None else torch.from_numpy(codes)[items],
+        None if dense is None else torch.from_numpy(dense)[items],
+        part.extra,
+    )
+
+
+def run_cell(ds: _Dataset, method: str, scale: int, backbone: str, seed: int) -> dict[str, Any]:
+    """Train and test one model; the row for results.csv."""
+    from moc_fast.data.protocol import popularity_scores
+    from moc_fast.nn import CTRModel
+    from moc_fast.train import auc_score, evaluate, fit_ctr
+
+    cfg, sp = ds.cfg, ds.splits
+    row: dict[str, Any] = {
+        "dataset": ds.name,
+        "method": method,
+        "scale": scale,
+        "backbone": backbone,
+        "seed": seed,
+    }
+    start = time.perf_counter()  # train + test only: indexers are built outside (and cached)
+    if method == "popularity":
+        row.update(
+            val_auc=auc_score(sp.val.y.numpy(), popularity_scores(sp, sp.val)),
+            test_auc=auc_score(sp.test.y.numpy(), popularity_scores(sp, sp.test)),
+            test_logloss=math.nan,
+            best_epoch=0,
+            epochs=0,
+        )
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        return row
+    model_cfg: dict[str, Any] = {
+        "field_dims": sp.field_dims,
+        "embed_dim": cfg.embed_dim,
+        "backbone": backbone,
+    }
+    codes = dense = None
+    if method == "text-mlp":
+        dense = ds.embeddings()
+        model_cfg["dense_dim"] = dense.shape[1]
+    elif method == "me":
+        model_cfg["num_sets"] = scale
+    elif method != "id-only":
+        family = "moc" if method.startswith("moc") else "rqvae"
+        codes, metrics = ds.codes(family, scale)
+        row.update(metrics)
+        model_cfg.update(
+            num_codebooks=codes.shape[1],
+            codebook_size=int(codes.max()) + 1,
+            fusion=method.removeprefix("moc-") if family == "moc" else "none",
+        )
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = CTRModel.from_config(model_cfg)
+    train, val, test = (_with_items(p, codes, dense) for p in (sp.train, sp.val, sp.test))
+    hist = fit_ctr(
+        model,
+        train,
+        val,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        patience=cfg.patience,
+        seed=seed,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
+    res = evaluate(model, test)
+    row.update(
+        val_auc=hist["best_val_auc"],
+        test_auc=res["auc"],
+        test_logloss=res["logloss"],
+        best_epoch=hist["best_epoch"],
+        epochs=hist["epochs_run"],
+        seconds=round(time.perf_counter() - start, 2),
+    )
+    if codes is not None:
+        table = model.codes.tables.detach().cpu().reshape(-1, cfg.embed_dim).numpy()
+        ia, spectrum = information_abundance(table)
+        row["info_abundance"] = ia
+        spec_dir = Path(cfg.out) / "spectra"
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, spectrum)
+        atomic_write_bytes(
+            spec_dir / f"{ds.name}-{method}-{scale}-{backbone}-{seed}.npy", buf.getvalue()
+        )
+    return row
+
+
+def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Run every unfinished cell of the grid, appending to `out/results.csv` after each."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    path = out / "results.csv"
+    rows = read_results(path)
+    done = {cell_key(r) for r in rows}
+    for spec in cfg.datasets:
+        ds = _Dataset(spec, cfg)
+        # Seeds outermost: an interrupted study has whole grids for the first seeds.
+        for seed in cfg.seeds:
+            for method in cfg.methods:
+                if method == "popularity" and seed != cfg.seeds[0]:
+                    continue  # deterministic: one row per dataset
+                scales = cfg.scales if method in SCALED else [1]
+                backbones = ["-"] if method == "popularity" else cfg.backbones
+                for scale in scales:
+                    for backbone in backbones:
+                        key = (
+                            ds.name,
+                            method,
+                            scale,
+                            backbone,
+                            0 if method == "popularity" else seed,
+                        )
+                        if key in done:
+                            continue
+                        row = run_cell(ds, method, scale, backbone, key[-1])
+                        log.info(
+                            "cell %s: test AUC %.4f (%.0f s)", key, row["test_auc"], row["seconds"]
+                        )
+                        rows.append(row)
+                        done.add(key)
+                        write_results(path, rows)
+    from moc_fast.report import write_report
+
+    write_report(out)
+    return rows
