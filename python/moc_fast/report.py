@@ -89,6 +89,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(rows: list[dict], out: Path) -> list[Path]:
     """AUC vs scale per method, discriminability vs scale, and code-table spectra (PNG)."""
     try:
@@ -109,10 +116,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
             ax.set(title=" / ".join(key), xlabel="scale", ylabel="test AUC")
             ax.legend(fontsize=7)
-        written.append(out / "auc_vs_scale.png")
-        fig.tight_layout()
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "auc_vs_scale.png"))
     disc = defaultdict(dict)
     for r in rows:
         if not np.isnan(_f(r.get("discriminability"))):
@@ -124,10 +128,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             ax.plot(xs, [pts[x] for x in xs], marker="o", label=f"{d} {m}")
         ax.set(xlabel="scale", ylabel="H(code tuple) / log N", title="discriminability")
         ax.legend(fontsize=7)
-        written.append(out / "discriminability_vs_scale.png")
-        fig.tight_layout()
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "discriminability_vs_scale.png"))
     spectra = sorted((out / "spectra").glob("*-0.npy")) if (out / "spectra").exists() else []
     if spectra:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -136,10 +137,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             ax.semilogy(np.arange(1, len(s) + 1), s, label=p.stem.removesuffix("-0"))
         ax.set(xlabel="index", ylabel="σ / σ₁", title="code-table singular spectra (seed 0)")
         ax.legend(fontsize=6)
-        written.append(out / "spectra.png")
-        fig.tight_layout()
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "spectra.png"))
     return written
 
 
