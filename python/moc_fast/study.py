@@ -305,25 +305,22 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     done = {cell_key(r) for r in rows}
     for spec in cfg.datasets:
         ds = _Dataset(spec, cfg)
-        # Seeds outermost: an interrupted study has whole grids for the first seeds.
+        # Seeds, then scales outermost: an interrupted study has every method compared at the
+        # first seeds and smallest scales.
         for seed in cfg.seeds:
-            for method in cfg.methods:
-                if method == "popularity" and seed != cfg.seeds[0]:
-                    continue  # deterministic: one row per dataset
-                scales = cfg.scales if method in SCALED else [1]
-                backbones = ["-"] if method == "popularity" else cfg.backbones
-                for scale in scales:
+            for scale in sorted(cfg.scales):
+                for method in cfg.methods:
+                    if method not in SCALED and scale != min(cfg.scales):
+                        continue  # unscaled methods run once, at the first scale, as 1x
+                    if method == "popularity" and seed != cfg.seeds[0]:
+                        continue  # deterministic: one row per dataset
+                    s = scale if method in SCALED else 1
+                    backbones = ["-"] if method == "popularity" else cfg.backbones
                     for backbone in backbones:
-                        key = (
-                            ds.name,
-                            method,
-                            scale,
-                            backbone,
-                            0 if method == "popularity" else seed,
-                        )
+                        key = (ds.name, method, s, backbone, 0 if method == "popularity" else seed)
                         if key in done:
                             continue
-                        row = run_cell(ds, method, scale, backbone, key[-1])
+                        row = run_cell(ds, method, s, backbone, key[-1])
                         log.info(
                             "cell %s: test AUC %.4f (%.0f s)", key, row["test_auc"], row["seconds"]
                         )
