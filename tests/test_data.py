@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from moc_fast.data.datasets import (
     load_amazon_raw,
@@ -181,3 +182,28 @@ def test_popularity_floor_is_above_chance(beauty):
 
     splits = build_ctr(beauty, seed=0)
     assert auc_score(splits.test.y.numpy(), popularity_scores(splits, splits.test)) > 0.55
+
+
+def test_ctr_samples_are_cached_by_their_inputs(beauty, tmp_path, monkeypatch, caplog):
+    from moc_fast.data.protocol import ctr_key
+
+    monkeypatch.setenv("MOC_FAST_CACHE", str(tmp_path))
+    data = beauty.subset_users(2000)
+    fresh = build_ctr(data, seed=1, cache=True)
+    files = list((tmp_path / "ctr").glob("*.npz"))
+    assert [f.stem for f in files] == [ctr_key(data, 1, 1)]
+    cached = build_ctr(data, seed=1, cache=True)
+    for name in ("train", "val", "test"):
+        a, b = getattr(fresh, name), getattr(cached, name)
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert torch.equal(a.extra["items"], b.extra["items"])
+    assert (cached.field_names, cached.field_dims) == (fresh.field_names, fresh.field_dims)
+    # Any input change is a new key: the seed, the ratio, the interactions themselves.
+    assert len({ctr_key(data, 1, 1), ctr_key(data, 1, 2), ctr_key(data, 2, 1)}) == 3
+    assert ctr_key(beauty.subset_users(1999), 1, 1) != ctr_key(data, 1, 1)
+    # A corrupt cache file is rebuilt, not trusted.
+    files[0].write_bytes(b"not a zip")
+    with caplog.at_level("WARNING"):
+        again = build_ctr(data, seed=1, cache=True)
+    assert "unreadable" in caplog.text
+    assert torch.equal(again.test.x, fresh.test.x)

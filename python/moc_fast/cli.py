@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import moc_fast as mf
+from moc_fast.fileio import atomic_write_bytes
 
 
 def synthetic_embeddings(n: int, d: int, topics: int, seed: int) -> np.ndarray:
@@ -134,9 +136,13 @@ def _embed(args: argparse.Namespace) -> int:
     from moc_fast.data.text import embed_texts
 
     data = load_dataset(args.dataset)
-    x = embed_texts(data.item_text(), model=args.model, progress=not args.quiet)
-    np.save(args.out, x)
-    print(f"{data.name}: {x.shape[0]} items x {x.shape[1]} -> {args.out}")
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    x = embed_texts(data.item_text(fields), model=args.model, progress=not args.quiet)
+    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
+    buf = io.BytesIO()
+    np.save(buf, x)
+    atomic_write_bytes(out, buf.getvalue())
+    print(f"{data.name}: {x.shape[0]} items x {x.shape[1]} -> {out}")
     return 0
 
 
@@ -220,7 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = sub.add_parser("embed", help="embed a dataset's item texts to a .npy file")
     embed.add_argument("--dataset", required=True)
-    embed.add_argument("--model", default="all-MiniLM-L6-v2")
+    embed.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="all-MiniLM-L6-v2 (offline default), hf:PATH (mean-pooled Hugging Face model, "
+        "e.g. a decoder LLM), PATH.npy (precomputed) or a sentence-transformers path",
+    )
+    embed.add_argument(
+        "--fields",
+        default="title,brand,categories,description",
+        help="comma-separated item fields joined into each item's text (those that exist)",
+    )
     embed.add_argument("--out", required=True)
     embed.set_defaults(func=_embed)
 

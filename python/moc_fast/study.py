@@ -8,6 +8,7 @@ scale for indexers) and shared across backbones and seeds.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moc_fast.data.datasets import TEXT_FIELDS
 from moc_fast.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ class StudyConfig:
     index_epochs: int = 30
     index_batch_size: int = 512
     max_users: int | None = None  # a slice: the first users and the items they touched
+    text_model: str = "all-MiniLM-L6-v2"  # see moc_fast.data.text.get_encoder
+    text_fields: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))
     out: str = "study_out"
     device: str | None = None
     progress: bool = True
@@ -139,7 +143,7 @@ class _Dataset:
         if cfg.max_users:
             self.data = self.data.subset_users(cfg.max_users)
         self.name = self.data.name
-        self.splits = build_ctr(self.data, negatives=cfg.negatives, seed=0)
+        self.splits = build_ctr(self.data, negatives=cfg.negatives, seed=0, cache=True)
         self._emb: np.ndarray | None = None
         self._codes: dict[tuple[str, int], tuple[np.ndarray, dict[str, float]]] = {}
 
@@ -147,7 +151,8 @@ class _Dataset:
         if self._emb is None:
             from moc_fast.data.text import embed_texts
 
-            self._emb = embed_texts(self.data.item_text(), progress=self.cfg.progress)
+            texts = self.data.item_text(self.cfg.text_fields)
+            self._emb = embed_texts(texts, self.cfg.text_model, progress=self.cfg.progress)
         return self._emb
 
     def codes(self, family: str, scale: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -159,6 +164,9 @@ class _Dataset:
 
         c = self.cfg
         tag = f"{self.name}-{family}-{scale}-K{c.codebook_size}-e{c.index_epochs}-u{c.max_users}"
+        text = [c.text_model, list(c.text_fields)]
+        if text != [StudyConfig.text_model, list(TEXT_FIELDS)]:  # keep default keys stable
+            tag += "-t" + hashlib.sha256(json.dumps(text).encode()).hexdigest()[:12]
         cache = cache_dir() / "codes" / f"{tag}.npz"  # large: kept out of the results folder
         if cache.exists():
             z = np.load(cache, allow_pickle=False)

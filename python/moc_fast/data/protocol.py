@@ -1,17 +1,30 @@
 """The CTR protocol: positives are interactions, seeded negatives the user never touched,
-a time-ordered split, and the categorical fields user_id, item_id, brand, category."""
+a time-ordered split, and the categorical fields user_id, item_id, brand, category.
+
+Built samples are cached on disk (`cache_dir()/ctr`) under a hash of every input: the
+interactions, the attribute values, the negative ratio, the seed and `PROTOCOL_VERSION`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from moc_fast.data.datasets import Interactions
+from moc_fast.fileio import atomic_write_bytes
 from moc_fast.train import CTRData
 
+log = logging.getLogger(__name__)
+
 ATTRIBUTES = ("brand", "category")
+PROTOCOL_VERSION = 1  # bump when build_ctr's output changes for the same inputs
 
 
 @dataclass
@@ -68,12 +81,80 @@ def sample_negatives(
 
 
 def build_ctr(
-    data: Interactions, negatives: int = 1, seed: int = 0, attributes: tuple[str, ...] = ATTRIBUTES
+    data: Interactions,
+    negatives: int = 1,
+    seed: int = 0,
+    attributes: tuple[str, ...] = ATTRIBUTES,
+    cache: bool = False,
 ) -> CTRSplits:
     """Train / val / test CTR samples. Fields: user_id, item_id, then each attribute present.
-    `CTRData.extra["items"]` holds each sample's item index, to join item codes or text."""
+    `CTRData.extra["items"]` holds each sample's item index, to join item codes or text.
+    With `cache`, samples are read from / written to disk, keyed by all of the inputs."""
     if negatives < 1:
         raise ValueError(f"negatives must be >= 1, got {negatives}")
+    if not cache:
+        return _build_ctr(data, negatives, seed, attributes)
+    from moc_fast.data.text import cache_dir
+
+    path = cache_dir() / "ctr" / f"{ctr_key(data, negatives, seed, attributes)}.npz"
+    if path.exists():
+        try:
+            return _load_splits(path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning("rebuilding CTR samples: cached %s unreadable (%s)", path, exc)
+    splits = _build_ctr(data, negatives, seed, attributes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _dump_splits(splits))
+    log.info("cached CTR samples of %s at %s", data.name, path)
+    return splits
+
+
+def ctr_key(
+    data: Interactions, negatives: int, seed: int, attributes: tuple[str, ...] = ATTRIBUTES
+) -> str:
+    """A hash of everything `build_ctr` reads."""
+    h = hashlib.sha256()
+    h.update(json.dumps([PROTOCOL_VERSION, negatives, seed, list(attributes)]).encode())
+    for a in (data.users, data.items, data.order, data.timestamps):
+        h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps([data.num_users, data.num_items]).encode())
+    for a in attributes:
+        h.update(json.dumps([a, data.attribute(a)]).encode())
+    return h.hexdigest()[:24]
+
+
+def _dump_splits(s: CTRSplits) -> bytes:
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("train", "val", "test"):
+        part: CTRData = getattr(s, name)
+        arrays[f"{name}_x"] = part.x.numpy()
+        arrays[f"{name}_y"] = part.y.numpy()
+        arrays[f"{name}_items"] = part.extra["items"].numpy()
+    meta = {"names": s.field_names, "dims": s.field_dims, "num_items": s.num_items}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+    return buf.getvalue()
+
+
+def _load_splits(path) -> CTRSplits:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        parts = [
+            CTRData(
+                torch.from_numpy(z[f"{n}_x"]),
+                torch.from_numpy(z[f"{n}_y"]),
+                extra={"items": torch.from_numpy(z[f"{n}_items"])},
+            )
+            for n in ("train", "val", "test")
+        ]
+    return CTRSplits(
+        *parts, field_names=meta["names"], field_dims=meta["dims"], num_items=meta["num_items"]
+    )
+
+
+def _build_ctr(
+    data: Interactions, negatives: int, seed: int, attributes: tuple[str, ...]
+) -> CTRSplits:
     rng = np.random.default_rng(seed)
     attr_cols, names, dims = [], ["user_id", "item_id"], [data.num_users, data.num_items]
     for a in attributes:
