@@ -35,6 +35,79 @@ def summarize(rows: list[dict]) -> dict[tuple, dict[tuple, list[float]]]:
     return table
 
 
+def paired_deltas(rows: list[dict], base: str = "id-only") -> dict[tuple, dict[tuple, list]]:
+    """{(dataset, backbone): {(method, scale): [test AUC - base's, per seed]}}: each run
+    against the `base` run of the same dataset, backbone and seed (seed noise cancels)."""
+    ref = {
+        (r["dataset"], r["backbone"], r["seed"]): _f(r["test_auc"])
+        for r in rows
+        if r["method"] == base
+    }
+    out: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["dataset"], r["backbone"], r["seed"])
+        if r["method"] in (base, "popularity") or key not in ref:
+            continue
+        out[key[:2]][(r["method"], int(r["scale"]))].append(_f(r["test_auc"]) - ref[key])
+    return out
+
+
+def chosen_on_validation(rows: list[dict]) -> dict[tuple, dict[str, tuple[int, float, float]]]:
+    """{(dataset, backbone): {method: (scale, mean val AUC, mean test AUC)}} with the scale
+    picked by validation AUC only."""
+    vals: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if r["backbone"] != "-":
+            key = (r["dataset"], r["backbone"], r["method"], int(r["scale"]))
+            vals[key].append((_f(r["val_auc"]), _f(r["test_auc"])))
+    out: dict[tuple, dict[str, tuple[int, float, float]]] = defaultdict(dict)
+    for (d, b, m, sc), v in sorted(vals.items()):
+        val, test = float(np.mean([x[0] for x in v])), float(np.mean([x[1] for x in v]))
+        if m not in out[(d, b)] or val > out[(d, b)][m][1]:
+            out[(d, b)][m] = (sc, val, test)
+    return out
+
+
+def _paired_markdown(rows: list[dict]) -> list[str]:
+    deltas = paired_deltas(rows)
+    if not deltas:
+        return []
+    cols = sorted(deltas)
+    cells = sorted({k for t in deltas.values() for k in t})
+    lines = [
+        "",
+        "## Δ test AUC vs ID-only, paired by seed (mean Δ; runs better than ID-only / runs)",
+        "",
+        "| method | scale | " + " | ".join(f"{d} / {b}" for d, b in cols) + " | all |",
+        "|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for cell in cells:
+        out, pooled = [], []
+        for c in cols:
+            v = deltas[c].get(cell, [])
+            pooled += v
+            out.append(f"{np.mean(v):+.4f} ({sum(x > 0 for x in v)}/{len(v)})" if v else "")
+        out.append(f"{np.mean(pooled):+.4f} ({sum(x > 0 for x in pooled)}/{len(pooled)})")
+        lines.append(f"| {cell[0]} | {cell[1]}x | " + " | ".join(out) + " |")
+    chosen = chosen_on_validation(rows)
+    cols = sorted(chosen)
+    methods = sorted({m for t in chosen.values() for m in t})
+    lines += [
+        "",
+        "## Scale chosen on validation AUC (then its mean test AUC)",
+        "",
+        "| method | " + " | ".join(f"{d} / {b}" for d, b in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for m in methods:
+        out = []
+        for c in cols:
+            sc, _, test = chosen[c].get(m, (0, 0.0, float("nan")))
+            out.append(f"{sc}x: {test:.4f}" if sc else "")
+        lines.append(f"| {m} | " + " | ".join(out) + " |")
+    return lines
+
+
 def markdown(rows: list[dict]) -> str:
     table = summarize(rows)
     if not table:
@@ -70,6 +143,7 @@ def markdown(rows: list[dict]) -> str:
         if secs
         else "",
     ]
+    lines += _paired_markdown(rows)
     lines += [
         "",
         "## Every run",
@@ -129,15 +203,51 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         ax.set(xlabel="scale", ylabel="H(code tuple) / log N", title="discriminability")
         ax.legend(fontsize=7)
         written.append(_save(plt, fig, out / "discriminability_vs_scale.png"))
-    spectra = sorted((out / "spectra").glob("*-0.npy")) if (out / "spectra").exists() else []
+    written += _spectrum_plots(plt, rows, out)
+    return written
+
+
+def _spectrum_plots(plt, rows: list[dict], out: Path) -> list[Path]:
+    """Per dataset: mean normalised singular spectrum of each method's code-embedding table at
+    each scale (dimension robustness), and information abundance vs scale."""
+    written = []
+    spectra: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
+    ia: dict[str, dict[str, dict[int, list]]] = defaultdict(lambda: defaultdict(lambda: {}))
+    for r in rows:
+        p = out / "spectra" / f"{r['dataset']}-{r['method']}-{r['scale']}-{r['backbone']}-"
+        p = p.with_name(p.name + f"{r['seed']}.npy")
+        if p.exists():
+            spectra[r["dataset"]][(r["method"], int(r["scale"]))].append(np.load(p))
+        if not np.isnan(_f(r.get("info_abundance"))):
+            per = ia[r["dataset"]][r["method"]].setdefault(int(r["scale"]), [])
+            per.append(_f(r["info_abundance"]))
+    styles = {1: ":", 2: "-.", 3: "--", 7: "-"}
     if spectra:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for p in spectra:
-            s = np.load(p)
-            ax.semilogy(np.arange(1, len(s) + 1), s, label=p.stem.removesuffix("-0"))
-        ax.set(xlabel="index", ylabel="σ / σ₁", title="code-table singular spectra (seed 0)")
-        ax.legend(fontsize=6)
+        fig, axes = plt.subplots(1, len(spectra), figsize=(6 * len(spectra), 4), squeeze=False)
+        for ax, (d, curves) in zip(axes[0], sorted(spectra.items()), strict=True):
+            colours: dict[str, str] = {}
+            for (m, sc), specs in sorted(curves.items()):
+                s = np.mean(np.stack(specs), axis=0)
+                c = colours.setdefault(m, f"C{len(colours)}")
+                ax.semilogy(
+                    np.arange(1, len(s) + 1), s, styles.get(sc, "-"), color=c, label=f"{m} {sc}x"
+                )
+            ax.set(
+                xlabel="singular value index",
+                ylabel="σ / σ₁ (mean over runs)",
+                title=f"{d}: code-table singular spectra",
+            )
+            ax.legend(fontsize=6, ncol=2)
         written.append(_save(plt, fig, out / "spectra.png"))
+    if ia:
+        fig, axes = plt.subplots(1, len(ia), figsize=(5 * len(ia), 4), squeeze=False)
+        for ax, (d, methods) in zip(axes[0], sorted(ia.items()), strict=True):
+            for m, pts in sorted(methods.items()):
+                xs = sorted(pts)
+                ax.plot(xs, [np.mean(pts[x]) for x in xs], marker="o", label=m)
+            ax.set(xlabel="scale", ylabel="‖σ‖₁ / ‖σ‖∞", title=f"{d}: information abundance")
+            ax.legend(fontsize=7)
+        written.append(_save(plt, fig, out / "info_abundance_vs_scale.png"))
     return written
 
 

@@ -307,7 +307,7 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     """Run every unfinished cell of the grid, appending to `out/results.csv` after each."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic_write_bytes(out / "config.json", json.dumps(asdict(cfg), indent=2).encode())
     path = out / "results.csv"
     rows = read_results(path)
     done = {cell_key(r) for r in rows}

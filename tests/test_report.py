@@ -1,0 +1,59 @@
+"""The study report: paired deltas against ID-only, scales chosen on validation, plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moc_fast.report import chosen_on_validation, paired_deltas, write_report
+from moc_fast.study import write_results
+
+
+def _row(method, scale, seed, val, test, backbone="deepfm", **kw):
+    return dict(
+        dataset="d", method=method, scale=scale, backbone=backbone, seed=seed,
+        val_auc=val, test_auc=test, test_logloss=0.5, best_epoch=3, epochs=6, seconds=10.0, **kw,
+    )  # fmt: skip
+
+
+ROWS = [
+    _row("popularity", 1, 0, 0.60, 0.58, backbone="-"),
+    _row("id-only", 1, 0, 0.70, 0.650),
+    _row("id-only", 1, 1, 0.70, 0.660),
+    _row("moc-gate", 3, 0, 0.71, 0.655),  # +0.005
+    _row("moc-gate", 3, 1, 0.71, 0.657),  # -0.003: paired by seed, not by mean
+    _row("moc-gate", 7, 0, 0.69, 0.700),  # best test, worst validation
+    _row("moc-gate", 7, 1, 0.69, 0.700),
+    _row("rqvae", 3, 2, 0.72, 0.9),  # no id-only run with seed 2: not paired
+]
+
+
+def test_paired_deltas_pair_runs_by_seed():
+    d = paired_deltas(ROWS)[("d", "deepfm")]
+    assert d[("moc-gate", 3)] == pytest.approx([0.005, -0.003])
+    assert d[("moc-gate", 7)] == pytest.approx([0.05, 0.04])
+    assert ("rqvae", 3) not in d and ("popularity", 1) not in d
+
+
+def test_scale_is_chosen_on_validation_not_test():
+    chosen = chosen_on_validation(ROWS)[("d", "deepfm")]
+    scale, val, test = chosen["moc-gate"]
+    assert (scale, val, test) == (3, pytest.approx(0.71), pytest.approx(0.656))
+    assert "popularity" not in chosen
+
+
+def test_report_has_tables_and_plots(tmp_path):
+    rows = ROWS[:-1]
+    for r in rows:
+        if r["method"] == "moc-gate":
+            r["info_abundance"] = 2.0 + r["scale"]
+            (tmp_path / "spectra").mkdir(exist_ok=True)
+            name = f"d-moc-gate-{r['scale']}-deepfm-{r['seed']}.npy"
+            np.save(tmp_path / "spectra" / name, np.linspace(1, 0.1, 16))
+    write_results(tmp_path / "results.csv", rows)
+    text = write_report(tmp_path).read_text()
+    assert "| moc-gate | 3x | +0.0010 (1/2) | +0.0010 (1/2) |" in text
+    assert "| moc-gate | 3x: 0.6560 |" in text
+    for png in ("auc_vs_scale", "spectra", "info_abundance_vs_scale"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000
+        assert f"]({png}.png)" in text
