@@ -52,6 +52,19 @@ def test_demo_on_the_synthetic_default_and_resume(tmp_path, capsys):
     assert (out / "results.csv").read_bytes() == before
 
 
+def test_text_mlp_and_every_fusion_run_in_the_grid(tmp_path):
+    out = tmp_path / "fusions"
+    methods = "text-mlp,moc-none,moc-residual"
+    args = ["-q", "demo", "--out", str(out), "--methods", methods, "--scales", "2", *FAST]
+    assert main(args) == 0
+    rows = {r["method"]: r for r in _rows(out)}
+    assert set(rows) == set(methods.split(","))
+    assert all(float(r["test_auc"]) > 0.5 for r in rows.values())
+    assert rows["text-mlp"]["scale"] == "1" and rows["text-mlp"]["discriminability"] == ""
+    # Both fusions read the same cached MoC codes: identical index metrics.
+    assert rows["moc-none"]["discriminability"] == rows["moc-residual"]["discriminability"]
+
+
 def test_study_on_a_slice_of_real_beauty(tmp_path):
     out = tmp_path / "beauty"
     args = [
