@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moc_fast.nn import BACKBONES, CTRModel, MoCEmbedding, MultiEmbedding, make_backbone
-from moc_fast.train import CTRData, auc_score, evaluate, fit_ctr
+from moc_fast.train import CTRData, auc_score, early_stop, evaluate, fit_ctr
 
 
 def synthetic_ctr(n: int = 10000, seed: int = 0) -> tuple[CTRData, CTRData, CTRData, list[int]]:
@@ -189,6 +189,31 @@ def test_early_stopping_restores_the_best_epoch(ctr):
     assert h["best_val_auc"] == best
     assert evaluate(model, val)["auc"] == pytest.approx(best)
     assert h["epochs_run"] - h["best_epoch"] <= 3
+
+
+def test_early_stop_replays_fit_ctr_on_a_longer_curve(ctr):
+    """A seeded run is the same up to where it stops, so the rule applied to a full run's
+    curve must give what the early-stopped run did (what patience_check.py relies on)."""
+    train, val, _, dims = ctr
+    runs = []
+    for patience in (12, 2):
+        torch.manual_seed(0)
+        model = CTRModel(dims, embed_dim=8, backbone="dnn")
+        runs.append(
+            fit_ctr(model, train, val, epochs=12, batch_size=256, lr=3e-2, patience=patience,
+                    seed=0, progress=False)
+        )  # fmt: skip
+    full, short = runs
+    curve = [h["val_auc"] for h in full["history"]]
+    assert len(curve) == 12
+    assert early_stop(curve, 2) == (short["best_epoch"], short["epochs_run"])
+    assert early_stop(curve, 12)[0] == full["best_epoch"]
+
+
+def test_early_stop_rule():
+    assert early_stop([0.5, 0.6, 0.55, 0.58, 0.7], 3) == (5, 5)  # a dip of 2 is survived
+    assert early_stop([0.5, 0.6, 0.55, 0.58, 0.59, 0.7], 3) == (2, 5)  # a dip of 3 is not
+    assert early_stop([0.5], 3) == (1, 1)
 
 
 def test_auc_matches_pairwise_counting():

@@ -287,6 +287,7 @@ def run_cell(ds: _Dataset, method: str, scale: int, backbone: str, seed: int) ->
         test_logloss=res["logloss"],
         best_epoch=hist["best_epoch"],
         epochs=hist["epochs_run"],
+        val_curve=[h["val_auc"] for h in hist["history"]],  # in memory only, not in the CSV
         seconds=round(time.perf_counter() - start, 2),
     )
     if codes is not None:

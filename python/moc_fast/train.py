@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,18 @@ def evaluate(model: nn.Module, data: CTRData, batch_size: int = 16384) -> dict[s
     pc = np.clip(p, eps, 1 - eps)
     logloss = float(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean())
     return {"auc": auc_score(y, p), "logloss": logloss}
+
+
+def early_stop(val_curve: list[float], patience: int) -> tuple[int, int]:
+    """(best epoch, epochs run) that `fit_ctr`'s rule gives on a validation-AUC curve
+    (epochs from 1): stop `patience` epochs after the last improvement."""
+    best, best_epoch = -math.inf, 0
+    for epoch, auc in enumerate(val_curve, 1):
+        if auc > best:
+            best, best_epoch = auc, epoch
+        elif epoch - best_epoch >= patience:
+            return best_epoch, epoch
+    return best_epoch, len(val_curve)
 
 
 def fit_ctr(
