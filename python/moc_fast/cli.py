@@ -164,7 +164,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from moc_fast.study import StudyConfig, _Dataset, run_cell
+    from moc_fast.study import StudyConfig, StudyData, run_cell
 
     cfg = StudyConfig(
         datasets=[args.dataset],
@@ -172,11 +172,12 @@ def _train(args: argparse.Namespace) -> int:
         scales=[args.scale],
         backbones=[args.backbone],
         epochs=args.epochs,
+        patience=args.patience,
         out=args.out,
         device=args.device,
         progress=not args.quiet,
     )
-    row = run_cell(_Dataset(args.dataset, cfg), args.method, args.scale, args.backbone, args.seed)
+    row = run_cell(StudyData(args.dataset, cfg), args.method, args.scale, args.backbone, args.seed)
     print(json.dumps(row, indent=2, default=float))
     return 0
 
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="deepfm")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--patience", type=int, default=3, help="epochs without a better val AUC")
     train.add_argument("--device")
     train.add_argument("--out", default="study_out")
     train.set_defaults(func=_train)

@@ -130,7 +130,7 @@ def information_abundance(table: np.ndarray) -> tuple[float, np.ndarray]:
     return float(s.sum() / s[0]), s / s[0]
 
 
-class _Dataset:
+class StudyData:
     """What a dataset's cells share: interactions, CTR splits, text embeddings, codes."""
 
     def __init__(self, spec: str, cfg: StudyConfig) -> None:
@@ -219,7 +219,7 @@ def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None):
     )
 
 
-def run_cell(ds: _Dataset, method: str, scale: int, backbone: str, seed: int) -> dict[str, Any]:
+def run_cell(ds: StudyData, method: str, scale: int, backbone: str, seed: int) -> dict[str, Any]:
     """Train and test one model; the row for results.csv."""
     from moc_fast.data.protocol import popularity_scores
     from moc_fast.nn import CTRModel
@@ -313,7 +313,7 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     rows = read_results(path)
     done = {cell_key(r) for r in rows}
     for spec in cfg.datasets:
-        ds = _Dataset(spec, cfg)
+        ds = StudyData(spec, cfg)
         # Seeds, then scales outermost: an interrupted study has every method compared at the
         # first seeds and smallest scales.
         for seed in cfg.seeds:
