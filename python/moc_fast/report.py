@@ -170,6 +170,15 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
+_METHOD_ORDER = ("id-only", "me", "rqvae", "moc-gate", "moc-none", "moc-residual", "text-mlp")
+
+
+def _colour(method: str) -> str:
+    """One colour per method in every plot."""
+    i = _METHOD_ORDER.index(method) if method in _METHOD_ORDER else len(_METHOD_ORDER)
+    return f"C{i}"
+
+
 def plots(rows: list[dict], out: Path) -> list[Path]:
     """AUC vs scale per method, discriminability vs scale, and code-table spectra (PNG)."""
     try:
@@ -185,10 +194,24 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     if table:
         fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False)
         for ax, (key, cells) in zip(axes[0], sorted(table.items()), strict=True):
+            title = " / ".join(key)
             for method in sorted({m for m, _ in cells}):
-                pts = sorted((s, np.mean(v)) for (m, s), v in cells.items() if m == method)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-            ax.set(title=" / ".join(key), xlabel="scale", ylabel="test AUC")
+                pts = sorted(
+                    (s, np.mean(v), np.std(v)) for (m, s), v in cells.items() if m == method
+                )
+                if method == "popularity":  # the floor, far below: named, not plotted
+                    title += f" (popularity {pts[0][1]:.3f})"
+                    continue
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[p[2] for p in pts],
+                    capsize=3,
+                    marker="o",
+                    label=method + (" (= id-only at 1x)" if method == "me" else ""),
+                    color=_colour(method),
+                )
+            ax.set(title=title, xlabel="scale", ylabel="test AUC (mean ± std over seeds)")
             ax.legend(fontsize=7)
         written.append(_save(plt, fig, out / "auc_vs_scale.png"))
     disc = defaultdict(dict)
@@ -225,10 +248,9 @@ def _spectrum_plots(plt, rows: list[dict], out: Path) -> list[Path]:
     if spectra:
         fig, axes = plt.subplots(1, len(spectra), figsize=(6 * len(spectra), 4), squeeze=False)
         for ax, (d, curves) in zip(axes[0], sorted(spectra.items()), strict=True):
-            colours: dict[str, str] = {}
             for (m, sc), specs in sorted(curves.items()):
                 s = np.mean(np.stack(specs), axis=0)
-                c = colours.setdefault(m, f"C{len(colours)}")
+                c = _colour(m)
                 ax.semilogy(
                     np.arange(1, len(s) + 1), s, styles.get(sc, "-"), color=c, label=f"{m} {sc}x"
                 )
@@ -244,7 +266,7 @@ def _spectrum_plots(plt, rows: list[dict], out: Path) -> list[Path]:
         for ax, (d, methods) in zip(axes[0], sorted(ia.items()), strict=True):
             for m, pts in sorted(methods.items()):
                 xs = sorted(pts)
-                ax.plot(xs, [np.mean(pts[x]) for x in xs], marker="o", label=m)
+                ax.plot(xs, [np.mean(pts[x]) for x in xs], marker="o", label=m, color=_colour(m))
             ax.set(xlabel="scale", ylabel="‖σ‖₁ / ‖σ‖∞", title=f"{d}: information abundance")
             ax.legend(fontsize=7)
         written.append(_save(plt, fig, out / "info_abundance_vs_scale.png"))
