@@ -20,12 +20,7 @@ from moc_fast.study import StudyConfig, StudyData, run_cell
 from moc_fast.train import early_stop
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014" / "beauty"
-CELLS = [  # (method, scale, backbone): the baseline and the runs with the latest best epochs
-    ("id-only", 1, "deepfm"),
-    ("rqvae", 3, "deepfm"),
-    ("moc-gate", 7, "deepfm"),
-    ("moc-gate", 7, "dcnv2"),
-]
+DEFAULT_CELLS = "id-only:1:deepfm,rqvae:3:deepfm,moc-gate:7:deepfm,moc-gate:7:dcnv2"
 
 
 def main() -> None:
@@ -33,6 +28,7 @@ def main() -> None:
     ap.add_argument("--dataset", default=str(BEAUTY))
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cells", default=DEFAULT_CELLS, help="method:scale:backbone,...")
     ap.add_argument("--patience", default="3,5", help="comma-separated patiences to replay")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -44,7 +40,9 @@ def main() -> None:
         )  # fmt: skip
         data = StudyData(args.dataset, cfg)
         rows = []
-        for method, scale, backbone in CELLS:
+        for cell in args.cells.split(","):
+            method, scale, backbone = cell.split(":")
+            scale = int(scale)
             start = time.perf_counter()
             row = run_cell(data, method, scale, backbone, args.seed)
             rows.append((method, scale, backbone, row["val_curve"], time.perf_counter() - start))
