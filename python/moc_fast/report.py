@@ -214,15 +214,26 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             ax.set(title=title, xlabel="scale", ylabel="test AUC (mean ± std over seeds)")
             ax.legend(fontsize=7)
         written.append(_save(plt, fig, out / "auc_vs_scale.png"))
-    disc = defaultdict(dict)
+    disc = defaultdict(dict)  # an index property: one curve per (dataset, indexer family)
     for r in rows:
         if not np.isnan(_f(r.get("discriminability"))):
-            disc[(r["dataset"], r["method"])][int(r["scale"])] = _f(r["discriminability"])
+            family = "moc" if r["method"].startswith("moc") else r["method"]
+            disc[(r["dataset"], family)][int(r["scale"])] = _f(r["discriminability"])
     if disc:
         fig, ax = plt.subplots(figsize=(5, 4))
+        datasets = sorted({d for d, _ in disc})
+        styles = {d: ["-", "--", ":", "-."][i % 4] for i, d in enumerate(datasets)}
         for (d, m), pts in sorted(disc.items()):
             xs = sorted(pts)
-            ax.plot(xs, [pts[x] for x in xs], marker="o", label=f"{d} {m}")
+            colour = _colour("moc-gate" if m == "moc" else m)
+            ax.plot(
+                xs,
+                [pts[x] for x in xs],
+                styles.get(d, "-"),
+                marker="o",
+                color=colour,
+                label=f"{d} {m}",
+            )
         ax.set(xlabel="scale", ylabel="H(code tuple) / log N", title="discriminability")
         ax.legend(fontsize=7)
         written.append(_save(plt, fig, out / "discriminability_vs_scale.png"))
