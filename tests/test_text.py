@@ -78,7 +78,8 @@ def test_precomputed_npy_is_validated_and_normalised(tmp_path, cache):
 
 
 class _CountingEncoder:
-    """A provider (the interface is a Protocol): hashes characters, counts calls."""
+    """A provider (the interface is a Protocol): embeds a text as (length, count of 'a', 1);
+    counts its calls."""
 
     cacheable = True
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import moc_fast as mf
-from moc_fast.fileio import atomic_write_bytes
+from moc_fast.fileio import atomic_save_npy
 
 
 def synthetic_embeddings(n: int, d: int, topics: int, seed: int) -> np.ndarray:
@@ -139,9 +138,7 @@ def _embed(args: argparse.Namespace) -> int:
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     x = embed_texts(data.item_text(fields), model=args.model, progress=not args.quiet)
     out = args.out if args.out.endswith(".npy") else args.out + ".npy"
-    buf = io.BytesIO()
-    np.save(buf, x)
-    atomic_write_bytes(out, buf.getvalue())
+    atomic_save_npy(out, x)
     print(f"{data.name}: {x.shape[0]} items x {x.shape[1]} -> {out}")
     return 0
 

@@ -1,14 +1,26 @@
-"""Atomic file writes: a temporary file in the same folder, fsynced, renamed over the target."""
+"""Atomic file writes (a temporary file in the same folder, fsynced, renamed over the
+target) and the on-disk cache folder."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+
+def cache_dir() -> Path:
+    """Where embeddings, CTR samples and indexer codes are cached: `MOC_FAST_CACHE`, else
+    `~/.cache/moc_fast`."""
+    return Path(os.environ.get("MOC_FAST_CACHE", Path.home() / ".cache" / "moc_fast"))
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` (creating its folder) so that readers see all or nothing."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -19,3 +31,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

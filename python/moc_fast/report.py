@@ -244,12 +244,13 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
 def _spectrum_plots(plt, rows: list[dict], out: Path) -> list[Path]:
     """Per dataset: mean normalised singular spectrum of each method's code-embedding table at
     each scale (dimension robustness), and information abundance vs scale."""
+    from moc_fast.study import spectrum_name
+
     written = []
     spectra: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     ia: dict[str, dict[str, dict[int, list]]] = defaultdict(lambda: defaultdict(lambda: {}))
     for r in rows:
-        p = out / "spectra" / f"{r['dataset']}-{r['method']}-{r['scale']}-{r['backbone']}-"
-        p = p.with_name(p.name + f"{r['seed']}.npy")
+        p = out / "spectra" / spectrum_name(r)
         if p.exists():
             spectra[r["dataset"]][(r["method"], int(r["scale"]))].append(np.load(p))
         if not np.isnan(_f(r.get("info_abundance"))):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from moc_fast.data.datasets import TEXT_FIELDS
-from moc_fast.fileio import atomic_write_bytes
+from moc_fast.fileio import atomic_save_npy, atomic_save_npz, atomic_write_bytes, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,11 @@ class StudyConfig:
         return cls(**d)
 
 
+def spectrum_name(row: dict[str, Any]) -> str:
+    """The file under `out/spectra` holding a run's normalised code-table spectrum."""
+    return f"{row['dataset']}-{row['method']}-{row['scale']}-{row['backbone']}-{row['seed']}.npy"
+
+
 def cell_key(row: dict[str, Any]) -> tuple:
     return (row["dataset"], row["method"], int(row["scale"]), row["backbone"], int(row["seed"]))
 
@@ -160,8 +165,6 @@ class StudyData:
         key = (family, scale)
         if key in self._codes:
             return self._codes[key]
-        from moc_fast.data.text import cache_dir
-
         c = self.cfg
         tag = f"{self.name}-{family}-{scale}-K{c.codebook_size}-e{c.index_epochs}-u{c.max_users}"
         text = [c.text_model, list(c.text_fields)]
@@ -198,10 +201,7 @@ class StudyData:
             "utilization": float(np.mean(rep["utilization"])),
         }
         codes = cls.encode(x)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, codes=codes, metrics=np.array(json.dumps(metrics)))
-        atomic_write_bytes(cache, buf.getvalue())
+        atomic_save_npz(cache, codes=codes, metrics=np.array(json.dumps(metrics)))
         self._codes[key] = (codes, metrics)
         return self._codes[key]
 
@@ -294,20 +294,13 @@ def run_cell(ds: StudyData, method: str, scale: int, backbone: str, seed: int) -
         table = model.codes.tables.detach().cpu().reshape(-1, cfg.embed_dim).numpy()
         ia, spectrum = information_abundance(table)
         row["info_abundance"] = ia
-        spec_dir = Path(cfg.out) / "spectra"
-        spec_dir.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.save(buf, spectrum)
-        atomic_write_bytes(
-            spec_dir / f"{ds.name}-{method}-{scale}-{backbone}-{seed}.npy", buf.getvalue()
-        )
+        atomic_save_npy(Path(cfg.out) / "spectra" / spectrum_name(row), spectrum)
     return row
 
 
 def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     """Run every unfinished cell of the grid, appending to `out/results.csv` after each."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", json.dumps(asdict(cfg), indent=2).encode())
     path = out / "results.csv"
     rows = read_results(path)

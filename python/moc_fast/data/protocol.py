@@ -8,7 +8,6 @@ interactions, the attribute values, the negative ratio, the seed and `PROTOCOL_V
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import zipfile
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from moc_fast.data.datasets import Interactions
-from moc_fast.fileio import atomic_write_bytes
+from moc_fast.fileio import atomic_save_npz, cache_dir
 from moc_fast.train import CTRData
 
 log = logging.getLogger(__name__)
@@ -94,8 +93,6 @@ def build_ctr(
         raise ValueError(f"negatives must be >= 1, got {negatives}")
     if not cache:
         return _build_ctr(data, negatives, seed, attributes)
-    from moc_fast.data.text import cache_dir
-
     path = cache_dir() / "ctr" / f"{ctr_key(data, negatives, seed, attributes)}.npz"
     if path.exists():
         try:
@@ -103,8 +100,7 @@ def build_ctr(
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("rebuilding CTR samples: cached %s unreadable (%s)", path, exc)
     splits = _build_ctr(data, negatives, seed, attributes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _dump_splits(splits))
+    atomic_save_npz(path, **_split_arrays(splits))
     log.info("cached CTR samples of %s at %s", data.name, path)
     return splits
 
@@ -123,7 +119,7 @@ def ctr_key(
     return h.hexdigest()[:24]
 
 
-def _dump_splits(s: CTRSplits) -> bytes:
+def _split_arrays(s: CTRSplits) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for name in ("train", "val", "test"):
         part: CTRData = getattr(s, name)
@@ -131,9 +127,7 @@ def _dump_splits(s: CTRSplits) -> bytes:
         arrays[f"{name}_y"] = part.y.numpy()
         arrays[f"{name}_items"] = part.extra["items"].numpy()
     meta = {"names": s.field_names, "dims": s.field_dims, "num_items": s.num_items}
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-    return buf.getvalue()
+    return {"meta": np.array(json.dumps(meta)), **arrays}
 
 
 def _load_splits(path) -> CTRSplits:

@@ -23,16 +23,11 @@ from typing import Protocol
 
 import numpy as np
 
-from moc_fast.fileio import atomic_write_bytes
+from moc_fast.fileio import atomic_save_npy, cache_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-
-
-def cache_dir() -> Path:
-    """`MOC_FAST_CACHE`, else `~/.cache/moc_fast`."""
-    return Path(os.environ.get("MOC_FAST_CACHE", Path.home() / ".cache" / "moc_fast"))
 
 
 class TextEncoder(Protocol):
@@ -188,11 +183,6 @@ def embed_texts(
     if len(x) != len(texts):
         raise ValueError(f"model {encoder.name} returned {len(x)} rows for {len(texts)} texts")
     if use_cache:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, x)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_save_npy(path, x)
         log.info("cached %s embeddings of %d texts at %s", encoder.name, len(texts), path)
     return x
