@@ -112,10 +112,22 @@ def test_moc_embedding_rejects_bad_codes():
         layer(torch.zeros(3, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="int64"):
         layer(torch.zeros(3, 2))
-    with pytest.raises(ValueError, match="empty"):
-        layer(torch.zeros(0, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch integer tensor.*numpy.ndarray"):
+        layer(np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="fusion"):
         MoCEmbedding(2, 8, 4, fusion="sum")
+
+
+def test_moc_embedding_takes_any_leading_shape_like_nn_embedding():
+    layer = MoCEmbedding(3, 10, 4, fusion="gate", backend="torch")
+    codes = torch.randint(0, 10, (5, 6, 3))  # a sequence of items per row
+    out = layer(codes)
+    assert out.shape == (5, 6, 3, 4)
+    torch.testing.assert_close(out[2], layer(codes[2]))
+    assert layer(torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3, 4)
+    assert layer(torch.zeros(2, 0, 3, dtype=torch.long)).shape == (2, 0, 3, 4)
+    assert layer(torch.tensor([1, 2, 3])).shape == (3, 4)
+    assert (layer.num_embeddings, layer.embedding_dim) == (10, 4)
 
 
 def test_triton_backend_in_the_module_matches_torch():

@@ -29,6 +29,8 @@ _LAZY = {
     "RQKMeansIndexer": "moc_fast.index",
     "VectorQuantizer": "moc_fast.index",
     "load_indexer": "moc_fast.index",
+    "MoCEmbedding": "moc_fast.nn",
+    "CTRModel": "moc_fast.nn",
 }
 
 
@@ -38,6 +40,10 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'moc_fast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

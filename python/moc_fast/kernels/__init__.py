@@ -3,9 +3,19 @@
 from moc_fast.kernels.moc_embedding import (
     ACTIVATIONS,
     MODES,
+    check_supported,
     moc_embedding,
     moc_embedding_torch,
+    tolerance,
     triton_available,
 )
 
-__all__ = ["ACTIVATIONS", "MODES", "moc_embedding", "moc_embedding_torch", "triton_available"]
+__all__ = [
+    "ACTIVATIONS",
+    "MODES",
+    "check_supported",
+    "moc_embedding",
+    "moc_embedding_torch",
+    "tolerance",
+    "triton_available",
+]

@@ -7,17 +7,20 @@ from torch import Tensor, nn
 
 
 def check_ids(x: Tensor, field_dims: list[int], name: str = "x") -> None:
-    """Raise on a wrong shape, dtype or an id outside its field's vocabulary."""
+    """Raise on a wrong shape, dtype or an id outside its field's vocabulary (precisely on CPU
+    tensors in eager mode; as a device-side assert on CUDA and under torch.compile/export)."""
     if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
         raise TypeError(
             f"{name} must be an int64 tensor (B, F), got {getattr(x, 'dtype', type(x))}"
         )
     if x.dim() != 2 or x.shape[1] != len(field_dims):
         raise ValueError(f"{name} must have shape (B, F={len(field_dims)}), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0)")
     dims = torch.as_tensor(field_dims, device=x.device)
     bad = (x < 0) | (x >= dims)
+    if x.is_cuda or torch.compiler.is_compiling():
+        # A device-side assert: no wait for the GPU, no graph break under torch.compile.
+        torch._assert_async(~bad.any(), f"{name}: an id is out of range for its field")
+        return
     if bool(bad.any()):
         row, col = (int(v) for v in bad.nonzero()[0])
         raise ValueError(

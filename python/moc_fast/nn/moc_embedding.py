@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from moc_fast.kernels import (
     ACTIVATIONS,
     MODES,
+    check_supported,
     moc_embedding,
     moc_embedding_torch,
     triton_available,
@@ -17,13 +18,15 @@ BACKENDS = ("auto", "triton", "torch")
 
 
 class MoCEmbedding(nn.Module):
-    """Drop-in embedding of semantic codes: `forward(codes (B, M)) -> (B, M, embed_dim)`.
+    """Drop-in embedding of semantic codes: `forward(codes (*, M)) -> (*, M, embed_dim)`.
 
     Each codebook is a categorical field with its own `codebook_size × embed_dim` table; the
     stacked code embeddings E then pass a bottleneck across the M fields (MoC, Eq. 8):
     `gate`: E ⊙ σ(W_up·act(W_down·vec(E))), `residual`: E + W_up·act(W_down·vec(E)), or
     `none`. The output is still M fields of size e, so any CTR backbone takes it unchanged.
-    `backend="auto"` runs the fused Triton kernel on CUDA tensors and torch elsewhere.
+    `backend="auto"` runs the fused Triton op on CUDA tensors when the shape is within the
+    kernels' supported range (M ≤ 16, e ≤ 128, bottleneck ≤ 1024) and torch elsewhere;
+    `backend="triton"` insists on the kernels (and says why when it cannot).
     """
 
     def __init__(
@@ -73,35 +76,64 @@ class MoCEmbedding(nn.Module):
             self.register_parameter("w_up", None)
             self.register_parameter("b_up", None)
 
+    @property
+    def num_embeddings(self) -> int:
+        """Rows per table (`codebook_size`), named as in `nn.Embedding`."""
+        return self.codebook_size
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embed_dim
+
     def _use_triton(self, codes: Tensor) -> bool:
         if self.backend == "torch":
             return False
         if self.backend == "triton":
             return True
-        return codes.is_cuda and triton_available()
+        return (
+            codes.is_cuda
+            and triton_available()
+            and self.tables.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and check_supported(self.num_codebooks, self.embed_dim, self.bottleneck) is None
+        )
+
+    def _check_range(self, codes: Tensor) -> None:
+        """Out-of-range codes must not index past a table. On CPU tensors in eager mode: a host
+        check with a precise message. On CUDA tensors and under torch.compile/export: a
+        device-side assert (`torch._assert_async`), which never waits for the GPU."""
+        if codes.is_cuda or torch.compiler.is_compiling():
+            ok = ((codes >= 0) & (codes < self.codebook_size)).all()
+            torch._assert_async(ok, f"MoCEmbedding: codes out of range [0, {self.codebook_size})")
+            return
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= self.codebook_size:
+            raise ValueError(
+                f"codes out of range: found {lo if lo < 0 else hi}, expected 0 <= code < "
+                f"codebook_size = {self.codebook_size}"
+            )
 
     def forward(self, codes: Tensor) -> Tensor:
-        if not isinstance(codes, Tensor) or codes.dtype not in (torch.int64, torch.int32):
+        """`codes (*, M)` int64/int32 -> `(*, M, embed_dim)`, like `nn.Embedding`."""
+        if not isinstance(codes, Tensor):
             raise TypeError(
-                f"codes must be an int64 tensor (B, M), got {getattr(codes, 'dtype', type(codes))}"
+                f"codes must be a torch integer tensor (..., M={self.num_codebooks}), got "
+                f"{type(codes).__module__}.{type(codes).__name__} (use torch.as_tensor)"
             )
-        if codes.dim() != 2 or codes.shape[1] != self.num_codebooks:
+        if codes.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"codes must be an int64 or int32 tensor, got {codes.dtype}")
+        if codes.dim() < 1 or codes.shape[-1] != self.num_codebooks:
             raise ValueError(
-                f"codes must have shape (B, M={self.num_codebooks}), got {tuple(codes.shape)}"
+                f"codes must have shape (..., M={self.num_codebooks}), got {tuple(codes.shape)}"
             )
-        if codes.shape[0] == 0:
-            raise ValueError("codes is an empty batch (B = 0)")
-        codes = codes.long()
+        lead = codes.shape[:-1]
+        flat = codes.reshape(-1, self.num_codebooks).long()
+        if flat.shape[0] == 0:
+            return self.tables.new_empty(*lead, self.num_codebooks, self.embed_dim)
         if self.check_codes:
-            lo, hi = int(codes.min()), int(codes.max())
-            if lo < 0 or hi >= self.codebook_size:
-                raise ValueError(
-                    f"codes out of range: found {lo if lo < 0 else hi}, expected 0 <= code < "
-                    f"codebook_size = {self.codebook_size}"
-                )
-        fn = moc_embedding if self._use_triton(codes) else moc_embedding_torch
-        return fn(
-            codes,
+            self._check_range(flat)
+        fn = moc_embedding if self._use_triton(flat) else moc_embedding_torch
+        out = fn(
+            flat,
             self.tables,
             self.w_down,
             self.b_down,
@@ -110,6 +142,7 @@ class MoCEmbedding(nn.Module):
             self.fusion,
             self.activation,
         )
+        return out.reshape(*lead, self.num_codebooks, self.embed_dim)
 
     def extra_repr(self) -> str:
         return (
