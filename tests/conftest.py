@@ -14,3 +14,17 @@ try:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 default, stated
 except ImportError:  # the engine tests run without torch
     pass
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014"
+
+
+def real_dataset(name: str) -> Path:
+    """A real dataset folder from ../shared/data, or a skip saying why (a fresh clone has no
+    ../shared; the synthetic catalogue covers the same code paths)."""
+    import pytest
+
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data absent: {path} (../shared/data beside the checkout)")
+    return path

@@ -10,7 +10,8 @@ import pytest
 
 from moc_fast.cli import main, synthetic_embeddings
 
-BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014" / "beauty"
+from conftest import real_dataset
+
 FAST = ["--epochs", "2", "--index-epochs", "2", "--seeds", "0"]
 
 
@@ -71,7 +72,7 @@ def test_study_on_a_slice_of_real_beauty(tmp_path):
         "-q",
         "study",
         "--datasets",
-        str(BEAUTY),
+        str(real_dataset("beauty")),
         "--max-users",
         "1500",
         "--methods",
@@ -129,3 +130,136 @@ def test_synthetic_embeddings_are_unit_norm_and_seeded():
     a, b = synthetic_embeddings(100, 8, 4, seed=1), synthetic_embeddings(100, 8, 4, seed=1)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+
+
+def _chain(tmp_path: Path, dataset: str, scale: int = 2, k: int = 32, epochs: int = 2) -> Path:
+    """embed -> index -> encode -> train --codes -> report, each step reading the last's file."""
+    x, idx, codes, run = (tmp_path / n for n in ("X.npy", "moc.safetensors", "codes.npy", "run"))
+    assert main(["-q", "embed", "--dataset", dataset, "--out", str(x)]) == 0
+    assert main(["index", "-q", "--embeddings", str(x), "--method", "moc", "--scale", str(scale),
+                 "--codebook-size", str(k), "--epochs", "2", "--out", str(idx)]) == 0  # fmt: skip
+    assert main(["encode", "-q", "--indexer", str(idx), "--input", str(x),
+                 "--out", str(codes)]) == 0  # fmt: skip
+    assert main(["train", "-q", "--dataset", dataset, "--method", "moc", "--scale", str(scale),
+                 "--codes", str(codes), "--epochs", str(epochs),
+                 "--out", str(run)]) == 0  # fmt: skip
+    assert main(["report", "-q", "--out", str(run)]) == 0
+    return run
+
+
+def test_the_cli_steps_connect_on_the_synthetic_catalogue(tmp_path, capsys):
+    import json
+
+    from moc_fast.index import load_indexer
+    from moc_fast.nn import CTRModel
+
+    run = _chain(tmp_path, "synthetic")
+    x = np.load(tmp_path / "X.npy")
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (len(x), 2)  # one row per item, M = 2 codebooks
+    np.testing.assert_array_equal(codes, load_indexer(tmp_path / "moc.safetensors").encode(x))
+    result = json.loads((run / "results.json").read_text())
+    assert result["method"] == "moc-gate" and result["test_auc"] > 0.5  # `moc` = `moc-gate`
+    model = CTRModel.load(run / "model.safetensors")
+    assert model.config["num_codebooks"] == 2 and model.config["fusion"] == "gate"
+    assert [r["method"] for r in _rows(run)] == ["moc-gate"]
+    assert "| moc-gate | 2x |" in (run / "report.md").read_text()
+    # train again with the indexer instead of the codes: same codes, same model config
+    assert main(["train", "-q", "--dataset", "synthetic", "--method", "moc-gate", "--scale",
+                 "2", "--indexer", str(tmp_path / "moc.safetensors"), "--embeddings",
+                 str(tmp_path / "X.npy"), "--epochs", "1", "--out", str(run)]) == 0  # fmt: skip
+    assert len(_rows(run)) == 1  # the same cell, replaced
+    # codes of the wrong length name the mismatch
+    np.save(tmp_path / "short.npy", codes[:10])
+    assert main(["train", "-q", "--dataset", "synthetic", "--codes",
+                 str(tmp_path / "short.npy"), "--out", str(run)]) == 2  # fmt: skip
+    assert "codes has 10 rows but synthetic has" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_cli_steps_connect_on_real_beauty(tmp_path):
+    run = _chain(tmp_path, str(real_dataset("beauty")), scale=3, k=256, epochs=3)
+    assert float(_rows(run)[0]["test_auc"]) > 0.55
+
+
+def test_every_option_has_help_and_every_verb_takes_q_and_v(capsys):
+    import argparse
+
+    from moc_fast.cli import build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"embed", "index", "encode", "train", "report", "study", "demo"} <= set(verbs.choices)
+    for name, sub in verbs.choices.items():
+        flags = {f for a in sub._actions for f in a.option_strings}
+        assert {"-q", "-v"} <= flags, name
+        for action in sub._actions:
+            assert action.help, f"moc-fast {name} {action.option_strings}: no help text"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("moc-fast ")
+
+
+def test_one_method_vocabulary_for_every_verb(tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, synthetic_embeddings(300, 16, 4, seed=0))
+    assert main(["index", "-q", "--embeddings", str(x), "--method", "rq-kmeans", "--scale", "2",
+                 "--codebook-size", "8", "--out", str(tmp_path / "i.st")]) == 0  # fmt: skip
+    assert main(["index", "--embeddings", str(x), "--method", "moc-sum", "--out", "y"]) == 2
+    assert "unknown method 'moc-sum'" in capsys.readouterr().err
+    assert main(["index", "--embeddings", str(x), "--method", "me", "--out", "y"]) == 2
+    assert "has no indexer" in capsys.readouterr().err
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    from moc_fast.progress import Progress
+
+    with Progress(5, "cell beauty moc-gate 3x") as bar:
+        for _ in range(5):
+            bar.update(1, loss="0.5")
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[-1].startswith("cell beauty moc-gate 3x: 5/5, loss 0.5")
+    import moc_fast as mf
+
+    mf.RQVAEIndexer(levels=2, codebook_size=8).fit(synthetic_embeddings(200, 16, 4, 0),
+                                                     epochs=5, batch_size=64)  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("RQVAEIndexer epochs: 5/5")  # epochs, not batches
+
+
+def test_report_names_the_folder_it_read(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path / "empty")]) == 0
+    expected = f"No finished cells yet in {tmp_path / 'empty' / 'results.csv'}"
+    assert expected in capsys.readouterr().out
+
+
+def test_the_cli_and_package_work_without_torch(tmp_path):
+    """An engine-only install: torch made unimportable in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+for name in ("torch", "safetensors", "tqdm"):
+    sys.modules[name] = None  # as if not installed
+import moc_fast as mf
+from moc_fast.cli import main
+try:
+    main(["--help"])
+except SystemExit as exc:
+    assert exc.code == 0
+assert main(["engine-demo", "--items", "2000", "--dim", "16", "--codebook-size", "16"]) == 0
+try:
+    mf.MoCIndexer
+except ImportError as exc:
+    assert "pip install 'moc-fast[torch]'" in str(exc), exc
+else:
+    raise SystemExit("MoCIndexer imported without torch")
+assert main(["demo"]) == 2
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "MoC indexer skipped" in run.stdout and "moc-fast[torch]" in run.stdout
+    assert "moc-fast demo: error:" in run.stderr and "pip install 'moc-fast[torch]'" in run.stderr

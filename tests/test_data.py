@@ -19,7 +19,7 @@ from moc_fast.data.datasets import (
 )
 from moc_fast.data.protocol import build_ctr, popularity_scores, split_positions
 
-BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014" / "beauty"
+from conftest import real_dataset
 
 
 def _write(path: Path, text: str) -> Path:
@@ -130,7 +130,7 @@ def test_dataset_without_text_and_unknown_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def beauty():
-    return load_dataset(BEAUTY)
+    return load_dataset(real_dataset("beauty"))
 
 
 def test_real_beauty_loads(beauty):

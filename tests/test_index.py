@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,16 +10,21 @@ import moc_fast as mf
 from moc_fast.index import VectorQuantizer, load_indexer
 from moc_fast.metrics import format_report, index_report, nmi
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014"
+from conftest import real_dataset
 
 
-@pytest.fixture(scope="module")
-def beauty() -> np.ndarray:
-    """all-MiniLM-L6-v2 embeddings of the first 2,000 Beauty item titles (real data)."""
+@pytest.fixture(scope="module", params=["synthetic", "beauty"])
+def beauty(request) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings of 2,000 item texts: the first Beauty titles (real data,
+    skipped where ../shared/data is absent) and the synthetic catalogue's templated texts."""
     from moc_fast.data import embed_texts, read_item_text
+    from moc_fast.data.synthetic import synthetic_catalog
 
-    _, texts = read_item_text(DATA / "beauty" / "item_text.txt", limit=2000)
-    return embed_texts(texts)
+    if request.param == "synthetic":
+        texts = synthetic_catalog(num_items=2000).item_text()
+    else:
+        _, texts = read_item_text(real_dataset("beauty") / "item_text.txt", limit=2000)
+    return embed_texts(texts, progress=False)
 
 
 def _variance(x: np.ndarray) -> float:
@@ -197,3 +200,12 @@ def test_nmi_of_identical_and_independent_columns():
     assert nmi(a, a) == pytest.approx(1.0)
     assert nmi(a, rng.integers(0, 8, 20000)) < 0.01
     assert nmi(a, (a + 3) % 8) == pytest.approx(1.0)  # a relabelling carries the same information
+
+
+def test_index_report_values_are_plain_python_numbers():
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    rep = index_report(mf.RQKMeansIndexer(levels=2, codebook_size=8).fit(x), x)
+    for key, value in rep.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            assert v is None or type(v) in (int, float, str), (key, type(v))

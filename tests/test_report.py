@@ -57,3 +57,11 @@ def test_report_has_tables_and_plots(tmp_path):
     for png in ("auc_vs_scale", "spectra", "info_abundance_vs_scale"):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
         assert f"]({png}.png)" in text
+
+
+def test_std_is_the_sample_std_and_absent_for_one_run():
+    from moc_fast.report import markdown
+
+    text = markdown(ROWS)
+    assert "0.6550 ± 0.0071 (n=2)" in text  # id-only: std of [0.650, 0.660] with ddof = 1
+    assert "| 0.5800 (n=1) |" in text and "0.5800 ±" not in text  # popularity: one run

@@ -3,13 +3,12 @@ and the on-disk cache keyed by (model, texts)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from moc_fast.cli import main
 from moc_fast.data.items import read_item_text
+from moc_fast.data.synthetic import synthetic_catalog
 from moc_fast.data.text import (
     DEFAULT_MODEL,
     MeanPoolEncoder,
@@ -19,7 +18,7 @@ from moc_fast.data.text import (
     get_encoder,
 )
 
-BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014" / "beauty"
+from conftest import SHARED_DATA
 
 
 @pytest.fixture
@@ -30,7 +29,10 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def titles() -> list[str]:
-    return read_item_text(BEAUTY / "item_text.txt", limit=40)[1]
+    """Real Beauty titles where ../shared/data is present, else synthetic item texts."""
+    if SHARED_DATA.exists():
+        return read_item_text(SHARED_DATA / "beauty" / "item_text.txt", limit=40)[1]
+    return synthetic_catalog(num_items=40).item_text()
 
 
 def test_model_strings_pick_providers():

@@ -1,4 +1,10 @@
-"""The `moc-fast` command line: demo, study, report, embed, index, train, engine-demo."""
+"""The `moc-fast` command line.
+
+The steps connect: `embed` (item texts -> X.npy) -> `index` (X.npy -> indexer file) -> `encode`
+(indexer + X.npy -> codes.npy) -> `train` (dataset + codes.npy or indexer -> model, results) ->
+`report` (results.csv -> report.md). `study` and `demo` run the whole grid. Only the engine is
+needed to start it: verbs that need torch say which extra to install.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import moc_fast as mf
-from moc_fast.fileio import atomic_save_npy
+from moc_fast.fileio import atomic_save_npy, atomic_write_bytes
+from moc_fast.methods import FAMILY, METHODS, canonical
 
 
 def synthetic_embeddings(n: int, d: int, topics: int, seed: int) -> np.ndarray:
@@ -60,13 +67,19 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"first item: codes {ids[0].tolist()} -> packed id {int(packed[0])}")
 
     if args.moc_epochs:
-        from moc_fast.metrics import format_report, index_report
+        try:
+            from moc_fast.metrics import format_report, index_report
+
+            indexer_cls = mf.MoCIndexer
+        except ImportError as exc:
+            print(f"\nMoC indexer skipped: {exc}")
+            return 0
 
         print(f"\nMoC indexer (M = {args.levels} parallel codebooks), {args.moc_epochs} epochs:")
-        moc = mf.MoCIndexer(
+        moc = indexer_cls(
             num_codebooks=args.levels, codebook_size=args.codebook_size, seed=args.seed
         )
-        moc.fit(x, epochs=args.moc_epochs, batch_size=1024, progress=True)
+        moc.fit(x, epochs=args.moc_epochs, batch_size=1024, progress=not args.quiet)
         print(format_report({f"MoC M={args.levels}": index_report(moc, x)}))
     return 0
 
@@ -126,15 +139,17 @@ def _study(args: argparse.Namespace, base: dict) -> int:
 def _report(args: argparse.Namespace) -> int:
     from moc_fast.report import write_report
 
-    print(write_report(args.out).read_text())
+    path = write_report(args.out)
+    print(path.read_text())
+    print(f"written: {path}")
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from moc_fast.data.datasets import load_dataset
+    from moc_fast.data.datasets import open_dataset
     from moc_fast.data.text import embed_texts
 
-    data = load_dataset(args.dataset)
+    data = open_dataset(args.dataset)
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     x = embed_texts(data.item_text(fields), model=args.model, progress=not args.quiet)
     out = args.out if args.out.endswith(".npy") else args.out + ".npy"
@@ -143,29 +158,55 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{what} {path} is not a readable .npy file: {exc}") from exc
+
+
 def _index(args: argparse.Namespace) -> int:
     from moc_fast.metrics import format_report, index_report
+    from moc_fast.study import build_indexer
 
-    x = np.load(args.embeddings)
-    cls = {
-        "moc": lambda: mf.MoCIndexer(num_codebooks=args.scale, codebook_size=args.codebook_size),
-        "rqvae": lambda: mf.RQVAEIndexer(levels=args.scale, codebook_size=args.codebook_size),
-        "kmeans": lambda: mf.KMeansIndexer(args.codebook_size),
-        "rq-kmeans": lambda: mf.RQKMeansIndexer(args.scale, args.codebook_size),
-    }[args.method]
-    idx = cls().fit(x, epochs=args.epochs, progress=not args.quiet)
+    method = canonical(args.method)
+    if method not in FAMILY:
+        raise ValueError(f"--method {method!r} has no indexer: expected one of {INDEXED}")
+    x = np.array(_load_npy(args.embeddings, "--embeddings"), dtype=np.float32)  # in memory
+    idx = build_indexer(FAMILY[method], args.scale, args.codebook_size, args.seed)
+    trained = FAMILY[method] in ("moc", "rqvae")
+    kwargs = dict(epochs=args.epochs, device=args.device) if trained else {}
+    idx.fit(x, progress=not args.quiet, **kwargs)
+    if trained:
+        idx.cpu()
     idx.save(args.out)
-    print(format_report({f"{args.method} {args.scale}": index_report(idx, x)}))
+    print(format_report({f"{method} {args.scale}x": index_report(idx, x)}))
     print(f"saved {args.out}")
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from moc_fast.study import StudyConfig, StudyData, run_cell
+def _encode(args: argparse.Namespace) -> int:
+    from moc_fast.index import load_indexer
 
+    idx = load_indexer(args.indexer)
+    x = _load_npy(args.input, "--input")
+    codes = idx.encode(x)  # one call: the collision suffix is global over all items
+    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
+    atomic_save_npy(out, codes)
+    print(f"{type(idx).__name__}: {codes.shape[0]} items x {codes.shape[1]} codes -> {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from moc_fast.study import StudyConfig, StudyData, cell_key, read_results, train_cell
+    from moc_fast.study import write_results as write_csv
+
+    method = canonical(args.method)
+    if (args.codes or args.indexer) and method not in FAMILY:
+        raise ValueError(f"--codes/--indexer need a code method ({INDEXED}), got {method!r}")
     cfg = StudyConfig(
         datasets=[args.dataset],
-        methods=[args.method],
+        methods=[method],
         scales=[args.scale],
         backbones=[args.backbone],
         epochs=args.epochs,
@@ -174,15 +215,40 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    row = run_cell(StudyData(args.dataset, cfg), args.method, args.scale, args.backbone, args.seed)
-    print(json.dumps(row, indent=2, default=float))
+    ds = StudyData(args.dataset, cfg)
+    codes = metrics = None
+    if args.codes:
+        codes = np.array(_load_npy(args.codes, "--codes"), dtype=np.int64)  # writable copy
+    elif args.indexer:
+        from moc_fast.index import load_indexer
+
+        x = _load_npy(args.embeddings, "--embeddings") if args.embeddings else ds.embeddings()
+        codes = load_indexer(args.indexer).encode(x)
+    if codes is not None:
+        from moc_fast.metrics import code_report
+
+        if codes.ndim != 2 or codes.min(initial=0) < 0:
+            raise ValueError(f"codes must be non-negative integers (items, M), got {codes.shape}")
+        rep = code_report(codes, int(codes.max(initial=0)) + 1)
+        metrics = {k: rep[k] for k in ("discriminability", "redundancy", "collision_rate")}
+        metrics["utilization"] = float(np.mean(rep["utilization"]))
+    row, model = train_cell(ds, method, args.scale, args.backbone, args.seed, codes, metrics)
+    out = Path(args.out)
+    if model is not None:
+        model.cpu().save(out / "model.safetensors")
+    atomic_write_bytes(out / "results.json", json.dumps(row, indent=2, default=float).encode())
+    rows = [r for r in read_results(out / "results.csv") if cell_key(r) != cell_key(row)]
+    write_csv(out / "results.csv", [*rows, row])
+    print(json.dumps({k: v for k, v in row.items() if k != "val_curve"}, indent=2, default=float))
+    print(f"written: {out / 'results.json'}, {out / 'results.csv'}"
+          + (f", {out / 'model.safetensors'}" if model is not None else ""))
     return 0
 
 
 def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or JSON file with StudyConfig keys")
     p.add_argument("--datasets", help="comma-separated dataset folders, or 'synthetic'")
-    p.add_argument("--methods", help="comma-separated: " + ", ".join(_methods()))
+    p.add_argument("--methods", help="comma-separated: " + ", ".join(METHODS))
     p.add_argument("--scales", help="comma-separated scaling factors, e.g. 1,2,3,7")
     p.add_argument("--backbones", help="comma-separated: dnn, deepfm, dcnv2, autoint+, ipnn")
     p.add_argument("--seeds", help="comma-separated seeds")
@@ -198,32 +264,46 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _methods() -> tuple[str, ...]:
-    from moc_fast.study import METHODS
+INDEXED = ", ".join(["moc", *FAMILY])
 
-    return METHODS
+
+def _logging_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """-v/-q on the main parser and on every verb (SUPPRESS there, so that a verb's default
+    does not overwrite `moc-fast -q VERB`)."""
+    default = argparse.SUPPRESS if suppress else False
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log details (INFO level)")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="no progress output")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moc-fast", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser = argparse.ArgumentParser(
+        prog="moc-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"moc-fast {mf.__version__}")
+    _logging_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="a small study on the synthetic catalogue (minutes)")
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _logging_options(p, suppress=True)
+        return p
+
+    demo = verb("demo", "a small study on the synthetic catalogue (about a minute)")
     _grid_options(demo)
     demo.set_defaults(func=lambda a: _study(a, DEMO))
 
-    study = sub.add_parser("study", help="run (or resume) the scaling study grid")
+    study = verb("study", "run (or resume) the scaling study grid")
     _grid_options(study)
     study.set_defaults(func=lambda a: _study(a, {}))
 
-    report = sub.add_parser("report", help="rewrite report.md and plots from results.csv")
-    report.add_argument("--out", default="study_out")
+    report = verb("report", "rewrite report.md and plots from a folder's results.csv")
+    report.add_argument("--out", default="study_out", help="the study or train folder")
     report.set_defaults(func=_report)
 
-    embed = sub.add_parser("embed", help="embed a dataset's item texts to a .npy file")
-    embed.add_argument("--dataset", required=True)
+    embed = verb("embed", "embed a dataset's item texts to a .npy file (one row per item)")
+    embed.add_argument("--dataset", required=True, help="dataset folder, or 'synthetic'")
     embed.add_argument(
         "--model",
         default="all-MiniLM-L6-v2",
@@ -235,39 +315,53 @@ def build_parser() -> argparse.ArgumentParser:
         default="title,brand,categories,description",
         help="comma-separated item fields joined into each item's text (those that exist)",
     )
-    embed.add_argument("--out", required=True)
+    embed.add_argument("--out", required=True, help="the .npy file to write")
     embed.set_defaults(func=_embed)
 
-    index = sub.add_parser("index", help="train an indexer on embeddings and save it")
+    index = verb("index", "train an indexer on item embeddings and save it")
     index.add_argument("--embeddings", required=True, help=".npy of (N, D) item embeddings")
-    index.add_argument("--method", choices=["moc", "rqvae", "kmeans", "rq-kmeans"], default="moc")
-    index.add_argument("--scale", type=int, default=3)
-    index.add_argument("--codebook-size", type=int, default=256)
-    index.add_argument("--epochs", type=int, default=30)
-    index.add_argument("--out", required=True)
+    index.add_argument("--method", default="moc", help=f"one of: {INDEXED}")
+    index.add_argument("--scale", type=int, default=3,
+                       help="codebooks (MoC) or levels (RQ-VAE, RQ-k-means)")  # fmt: skip
+    index.add_argument("--codebook-size", type=int, default=256, help="codes per codebook")
+    index.add_argument("--epochs", type=int, default=30, help="training epochs (VQ indexers)")
+    index.add_argument("--seed", type=int, default=0, help="random seed")
+    index.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    index.add_argument("--out", required=True, help="the indexer file to write (.safetensors)")
     index.set_defaults(func=_index)
 
-    train = sub.add_parser("train", help="train and test one CTR model (one study cell)")
-    train.add_argument("--dataset", required=True)
-    train.add_argument("--method", default="moc-gate")
-    train.add_argument("--scale", type=int, default=3)
-    train.add_argument("--backbone", default="deepfm")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=20)
+    encode = verb("encode", "turn item embeddings into semantic IDs with a saved indexer")
+    encode.add_argument("--indexer", required=True, help="an indexer file from `index`")
+    encode.add_argument("--input", required=True, help=".npy of (N, D) embeddings (mmapped)")
+    encode.add_argument("--out", required=True, help="the .npy of int64 codes to write")
+    encode.set_defaults(func=_encode)
+
+    train = verb("train", "train and test one CTR model (one study cell) and save it")
+    train.add_argument("--dataset", required=True, help="dataset folder, or 'synthetic'")
+    train.add_argument("--method", default="moc-gate", help="one of: " + ", ".join(METHODS))
+    train.add_argument("--scale", type=int, default=3,
+                       help="embedding sets (me), codebooks or levels")  # fmt: skip
+    train.add_argument("--backbone", default="deepfm",
+                       help="dnn, deepfm, dcnv2, autoint+ or ipnn")  # fmt: skip
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--epochs", type=int, default=20, help="max epochs (early stopping)")
     train.add_argument("--patience", type=int, default=3, help="epochs without a better val AUC")
-    train.add_argument("--device")
-    train.add_argument("--out", default="study_out")
+    train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    train.add_argument("--codes", help="codes .npy from `encode` (one row per dataset item)")
+    train.add_argument("--indexer", help="an indexer file from `index` (encodes the items)")
+    train.add_argument("--embeddings", help="item embeddings .npy for --indexer (default: "
+                       "embed the dataset's texts)")  # fmt: skip
+    train.add_argument("--out", default="train_out",
+                       help="folder for model.safetensors, results.json, results.csv")  # fmt: skip
     train.set_defaults(func=_train)
 
-    eng = sub.add_parser(
-        "engine-demo", help="the Rust engine and a MoC indexer on synthetic vectors"
-    )
+    eng = verb("engine-demo", "the Rust engine and a MoC indexer on synthetic vectors")
     eng.add_argument("--items", type=int, default=50_000, help="catalogue size")
     eng.add_argument("--dim", type=int, default=384, help="embedding dimension")
     eng.add_argument("--levels", type=int, default=3, help="residual levels / MoC codebooks")
     eng.add_argument("--codebook-size", type=int, default=256, help="codes per level")
     eng.add_argument("--moc-epochs", type=int, default=5, help="MoC indexer epochs (0: skip)")
-    eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--seed", type=int, default=0, help="random seed")
     eng.set_defaults(func=_demo)
     return parser
 
@@ -277,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"moc-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -41,16 +41,16 @@ def code_report(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
     return {
         "items": n,
         "num_codes": m,
-        "utilization": stats["utilization"].tolist(),
-        "perplexity": stats["perplexity"].tolist(),
+        "utilization": [float(v) for v in stats["utilization"]],
+        "perplexity": [float(v) for v in stats["perplexity"]],
         "codebook_entropy": [
-            entropy(codes[:, j]) / np.log(codebook_size) if codebook_size > 1 else 0.0
+            float(entropy(codes[:, j]) / np.log(codebook_size)) if codebook_size > 1 else 0.0
             for j in range(m)
         ],
-        "collision_rate": stats["collision_rate"],
-        "collision_rate_with_suffix": after["collision_rate"],
-        "max_group": stats["max_group"],
-        "discriminability": entropy(codes) / log_n,
+        "collision_rate": float(stats["collision_rate"]),
+        "collision_rate_with_suffix": float(after["collision_rate"]),
+        "max_group": int(stats["max_group"]),
+        "discriminability": float(entropy(codes) / log_n),
         "redundancy": float(np.mean(pairs)) if pairs else 0.0,
     }
 
@@ -68,7 +68,8 @@ def index_report(indexer: Any, X: Any) -> dict[str, Any]:
     report = code_report(codes, indexer.codebook_size)
     report["indexer"] = type(indexer).__name__
     report["recon_mse"] = float(((recon.astype(np.float64) - x) ** 2).mean())
-    report["fit_seconds"] = indexer.summary.get("seconds")
+    seconds = indexer.summary.get("seconds")
+    report["fit_seconds"] = None if seconds is None else float(seconds)
     return report
 
 

@@ -108,10 +108,15 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(rows: list[dict]) -> str:
+def _sample_std(values) -> float:
+    """std with ddof = 1 (an estimate from few seeds); 0 for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def markdown(rows: list[dict], source: str = "results.csv") -> str:
     table = summarize(rows)
     if not table:
-        return "No finished cells yet.\n"
+        return f"No finished cells yet in {source}.\n"
     cols = sorted(table)
     cells = sorted({k for t in table.values() for k in t})
     head = "| method | scale | " + " | ".join(f"{d} / {b}" for d, b in cols) + " |"
@@ -128,8 +133,11 @@ def markdown(rows: list[dict]) -> str:
             if not vals:
                 out.append("")
                 continue
-            m, s = float(np.mean(vals)), float(np.std(vals))
-            txt = f"{m:.4f} ± {s:.4f} (n={len(vals)})"
+            m = float(np.mean(vals))
+            if len(vals) > 1:  # the sample std (ddof = 1); none for a single run
+                txt = f"{m:.4f} ± {_sample_std(vals):.4f} (n={len(vals)})"
+            else:
+                txt = f"{m:.4f} (n=1)"
             base = table[c].get((method, 1))
             if scale != 1 and base:
                 txt += f" Δ{m - np.mean(base):+.4f}"
@@ -197,7 +205,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             title = " / ".join(key)
             for method in sorted({m for m, _ in cells}):
                 pts = sorted(
-                    (s, np.mean(v), np.std(v)) for (m, s), v in cells.items() if m == method
+                    (s, np.mean(v), _sample_std(v)) for (m, s), v in cells.items() if m == method
                 )
                 if method == "popularity":  # the floor, far below: named, not plotted
                     title += f" (popularity {pts[0][1]:.3f})"
@@ -291,7 +299,7 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     rows = read_results(out / "results.csv")
     pngs = plots(rows, out)
-    text = "# Study report\n\n" + markdown(rows)
+    text = "# Study report\n\n" + markdown(rows, str(out / "results.csv"))
     if pngs:
         text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     atomic_write_bytes(out / "report.md", text.encode())

@@ -7,6 +7,10 @@ scale for indexers) and shared across backbones and seeds.
 
 from __future__ import annotations
 
+from moc_fast._extras import require
+
+require("torch", "safetensors", "tqdm", feature="moc_fast.study")
+
 import csv
 import hashlib
 import io
@@ -23,20 +27,10 @@ import torch
 
 from moc_fast.data.datasets import TEXT_FIELDS
 from moc_fast.fileio import atomic_save_npy, atomic_save_npz, atomic_write_bytes, cache_dir
+from moc_fast.methods import FAMILY, METHODS, SCALED, canonical, fusion  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
-METHODS = (
-    "popularity",
-    "id-only",
-    "text-mlp",
-    "me",
-    "rqvae",
-    "moc-none",
-    "moc-gate",
-    "moc-residual",
-)
-SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual")
 COLUMNS = [
     "dataset",
     "method",
@@ -85,9 +79,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         from moc_fast.nn.backbones import BACKBONES
 
-        for m in self.methods:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}: expected one of {list(METHODS)}")
+        self.methods = [canonical(m) for m in self.methods]
         for b in self.backbones:
             if b.lower() not in BACKBONES:
                 raise ValueError(f"unknown backbone {b!r}: expected one of {sorted(BACKBONES)}")
@@ -139,12 +131,11 @@ class StudyData:
     """What a dataset's cells share: interactions, CTR splits, text embeddings, codes."""
 
     def __init__(self, spec: str, cfg: StudyConfig) -> None:
-        from moc_fast.data.datasets import load_dataset
+        from moc_fast.data.datasets import open_dataset
         from moc_fast.data.protocol import build_ctr
-        from moc_fast.data.synthetic import synthetic_catalog
 
         self.cfg = cfg
-        self.data = synthetic_catalog() if spec == "synthetic" else load_dataset(spec)
+        self.data = open_dataset(spec)
         if cfg.max_users:
             self.data = self.data.subset_users(cfg.max_users)
         self.name = self.data.name
@@ -175,24 +166,22 @@ class StudyData:
             z = np.load(cache, allow_pickle=False)
             self._codes[key] = (z["codes"], json.loads(str(z["metrics"])))
             return self._codes[key]
-        import moc_fast as mf
         from moc_fast.metrics import index_report
 
         x = self.embeddings()
         k = min(self.cfg.codebook_size, len(x))
-        cls = (
-            mf.MoCIndexer(num_codebooks=scale, codebook_size=k)
-            if family == "moc"
-            else mf.RQVAEIndexer(levels=scale, codebook_size=k)
-        )
+        cls = build_indexer(family, scale, k)
+        trained = family in ("moc", "rqvae")
         cls.fit(
             x,
-            epochs=self.cfg.index_epochs,
+            epochs=self.cfg.index_epochs if trained else None,
             batch_size=max(self.cfg.index_batch_size, k),
             device=self.cfg.device,
             progress=self.cfg.progress,
+            **({"desc": f"{self.name} {family} {scale}x indexer"} if trained else {}),
         )
-        cls.cpu()
+        if trained:
+            cls.cpu()
         rep = index_report(cls, x)
         metrics = {
             "discriminability": rep["discriminability"],
@@ -204,6 +193,22 @@ class StudyData:
         atomic_save_npz(cache, codes=codes, metrics=np.array(json.dumps(metrics)))
         self._codes[key] = (codes, metrics)
         return self._codes[key]
+
+
+def build_indexer(family: str, scale: int, codebook_size: int, seed: int = 0):
+    """The indexer of a method family at a scale (codebooks, levels; k-means has one code)."""
+    import moc_fast as mf
+
+    if family == "moc":
+        return mf.MoCIndexer(num_codebooks=scale, codebook_size=codebook_size, seed=seed)
+    if family == "rqvae":
+        return mf.RQVAEIndexer(levels=scale, codebook_size=codebook_size, seed=seed)
+    if family == "kmeans":
+        return mf.KMeansIndexer(codebook_size=codebook_size, seed=seed)
+    if family == "rq-kmeans":
+        return mf.RQKMeansIndexer(levels=scale, codebook_size=codebook_size, seed=seed)
+    families = sorted(set(FAMILY.values()))
+    raise ValueError(f"unknown indexer family {family!r}: expected one of {families}")
 
 
 def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None):
@@ -221,6 +226,25 @@ def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None):
 
 def run_cell(ds: StudyData, method: str, scale: int, backbone: str, seed: int) -> dict[str, Any]:
     """Train and test one model; the row for results.csv."""
+    return train_cell(ds, method, scale, backbone, seed)[0]
+
+
+def cell_label(row: dict[str, Any]) -> str:
+    """How progress names a cell: `beauty moc-gate 3x deepfm seed 0`."""
+    return f"{row['dataset']} {row['method']} {row['scale']}x {row['backbone']} seed {row['seed']}"
+
+
+def train_cell(
+    ds: StudyData,
+    method: str,
+    scale: int,
+    backbone: str,
+    seed: int,
+    codes: np.ndarray | None = None,
+    metrics: dict[str, float] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Train and test one model: (the row for results.csv, the trained model or None for
+    popularity). `codes` (items × M) replaces the study's own indexer for a code method."""
     from moc_fast.data.protocol import popularity_scores
     from moc_fast.nn import CTRModel
     from moc_fast.train import auc_score, evaluate, fit_ctr
@@ -243,26 +267,31 @@ def run_cell(ds: StudyData, method: str, scale: int, backbone: str, seed: int) -
             epochs=0,
         )
         row["seconds"] = round(time.perf_counter() - start, 2)
-        return row
+        return row, None
     model_cfg: dict[str, Any] = {
         "field_dims": sp.field_dims,
         "embed_dim": cfg.embed_dim,
         "backbone": backbone,
     }
-    codes = dense = None
+    dense = None
     if method == "text-mlp":
         dense = ds.embeddings()
         model_cfg["dense_dim"] = dense.shape[1]
     elif method == "me":
         model_cfg["num_sets"] = scale
-    elif method != "id-only":
-        family = "moc" if method.startswith("moc") else "rqvae"
-        codes, metrics = ds.codes(family, scale)
-        row.update(metrics)
+    elif method in FAMILY:
+        if codes is None:
+            codes, metrics = ds.codes(FAMILY[method], scale)
+        elif len(codes) != ds.data.num_items:
+            raise ValueError(
+                f"codes has {len(codes)} rows but {ds.name} has {ds.data.num_items} items "
+                "(one row of codes per item, in the dataset's item order)"
+            )
+        row.update(metrics or {})
         model_cfg.update(
             num_codebooks=codes.shape[1],
             codebook_size=int(codes.max()) + 1,
-            fusion=method.removeprefix("moc-") if family == "moc" else "none",
+            fusion=fusion(method),
         )
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -279,6 +308,7 @@ def run_cell(ds: StudyData, method: str, scale: int, backbone: str, seed: int) -
         seed=seed,
         device=cfg.device,
         progress=cfg.progress,
+        desc=cell_label(row),
     )
     res = evaluate(model, test)
     row.update(
@@ -295,7 +325,7 @@ def run_cell(ds: StudyData, method: str, scale: int, backbone: str, seed: int) -
         ia, spectrum = information_abundance(table)
         row["info_abundance"] = ia
         atomic_save_npy(Path(cfg.out) / "spectra" / spectrum_name(row), spectrum)
-    return row
+    return row, model
 
 
 def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from moc_fast._extras import require
+
+require("torch", "tqdm", feature="moc_fast.train")
+
 import copy
 import logging
 import math
@@ -13,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +118,11 @@ def fit_ctr(
     device: str | torch.device | None = None,
     progress: bool = True,
     amp: bool = True,
+    desc: str = "fit_ctr",
 ) -> dict[str, Any]:
     """Adam + BCE; stop after `patience` epochs without a better validation AUC and restore
-    the best weights. Returns the history (per-epoch loss / val AUC) and the best epoch."""
-    from tqdm.auto import tqdm
-
+    the best weights. Returns the history (per-epoch loss / val AUC) and the best epoch.
+    `desc` labels the progress (one step per epoch; a batch bar too on a terminal)."""
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"train and val must be non-empty, got {len(train)} and {len(val)}")
     dev = (
@@ -132,12 +138,14 @@ def fit_ctr(
     best = {"auc": -1.0, "epoch": 0, "state": None}
     history = []
     start = time.perf_counter()
+    epochs_bar = Progress(epochs, desc, progress)
     for epoch in range(1, epochs + 1):
         model.train()
         total, batches = 0.0, 0
         perm = torch.randperm(len(tr), generator=gen).to(dev)
-        bar = tqdm(perm.split(batch_size), disable=not progress, leave=False, desc=f"epoch {epoch}")
-        for b, idx in enumerate(bar):
+        chunks = perm.split(batch_size)
+        bar = Progress(len(chunks), f"{desc} epoch {epoch}", progress, plain=False)
+        for b, idx in enumerate(chunks):
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(*tr.inputs(idx))
             loss = F.binary_cross_entropy_with_logits(logits.float(), tr.y[idx])
@@ -150,13 +158,17 @@ def fit_ctr(
             opt.step()
             total += loss.item()
             batches += 1
+            bar.update()
+        bar.close()
         val_auc = evaluate(model, val)["auc"]
         history.append({"epoch": epoch, "train_loss": total / batches, "val_auc": val_auc})
         log.info("epoch %d: train loss %.4f, val AUC %.4f", epoch, total / batches, val_auc)
+        epochs_bar.update(1, loss=f"{total / batches:.4f}", val_auc=f"{val_auc:.4f}")
         if val_auc > best["auc"]:
             best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         elif epoch - best["epoch"] >= patience:
             break
+    epochs_bar.close()
     model.load_state_dict(best["state"])
     return {
         "best_epoch": best["epoch"],

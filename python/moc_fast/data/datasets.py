@@ -323,3 +323,12 @@ def load_dataset(path: str | Path) -> Interactions:
     raise FileNotFoundError(
         f"{path}: no known dataset files (user_sequence.txt, *.inter.json, *.inter, reviews_*.json)"
     )
+
+
+def open_dataset(spec: str | Path) -> Interactions:
+    """`synthetic` (the embedded synthetic catalogue) or a dataset folder for `load_dataset`."""
+    if str(spec) == "synthetic":
+        from moc_fast.data.synthetic import synthetic_catalog
+
+        return synthetic_catalog()
+    return load_dataset(spec)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from moc_fast.fileio import atomic_save_npy, cache_dir
+from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,10 @@ class SentenceTransformerEncoder:
 
             model = SentenceTransformer(self.name)
         x = model.encode(
-            texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=progress and sys.stderr.isatty(),
+            convert_to_numpy=True,
         )
         return _normalise(x, f"model {self.name}")
 
@@ -94,7 +99,6 @@ class MeanPoolEncoder:
 
     def encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
         import torch
-        from tqdm.auto import tqdm
         from transformers import AutoModel, AutoTokenizer
 
         _offline()
@@ -108,7 +112,9 @@ class MeanPoolEncoder:
         model = AutoModel.from_pretrained(self.path, torch_dtype=dtype).to(device).eval()
         out = []
         starts = range(0, len(texts), batch_size)
-        for s in tqdm(starts, disable=not progress, desc=f"embed {Path(self.path).name}"):
+        bar = Progress(len(starts), f"embed {Path(self.path).name}", progress)
+        for s in starts:
+            bar.update()
             batch = tok(
                 texts[s : s + batch_size],
                 padding=True,
@@ -120,6 +126,7 @@ class MeanPoolEncoder:
                 h = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             out.append((h * mask).sum(1).div(mask.sum(1).clamp_min(1)).cpu().numpy())
+        bar.close()
         return _normalise(np.concatenate(out), self.name)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from moc_fast import engine
+from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,10 @@ class VQIndexer(nn.Module, Indexer):
         weight_decay: float = 0.0,
         device: str | torch.device | None = None,
         progress: bool = True,
+        desc: str | None = None,
     ) -> VQIndexer:
-        """Train on item embeddings `X (N, D)`: reconstruction MSE + quantiser losses, Adam."""
+        """Train on item embeddings `X (N, D)`: reconstruction MSE + quantiser losses, Adam.
+        `desc` labels the progress (one step per epoch)."""
         x = as_embeddings(X, self.input_dim if self._built else None)
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
@@ -157,8 +159,8 @@ class VQIndexer(nn.Module, Indexer):
         data = torch.from_numpy(x).to(dev)
         opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
-        n, steps = len(x), math.ceil(len(x) / batch_size)
-        bar = _progress(epochs * steps, progress, type(self).__name__)
+        n = len(x)
+        bar = Progress(epochs, desc or f"{type(self).__name__} epochs", progress)
         start = time.perf_counter()
         recon_loss = qloss = ppl = torch.zeros(())
         for _ in range(epochs):
@@ -174,8 +176,7 @@ class VQIndexer(nn.Module, Indexer):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                bar.update(1)
-            bar.set_postfix(recon=f"{recon_loss.item():.4g}", ppl=f"{ppl.item():.1f}")
+            bar.update(1, recon=f"{recon_loss.item():.4g}", ppl=f"{ppl.item():.1f}")
         bar.close()
         self.eval()
         self.summary = {
@@ -212,7 +213,8 @@ class VQIndexer(nn.Module, Indexer):
         self.eval()
         out = []
         for s in range(0, len(x), ENCODE_CHUNK):
-            z = self.latents(torch.from_numpy(x[s : s + ENCODE_CHUNK]).to(dev))
+            chunk = np.array(x[s : s + ENCODE_CHUNK])  # a writable copy (x may be read-only)
+            z = self.latents(torch.from_numpy(chunk).to(dev))
             if use_engine:
                 out.append(self._assign_engine(z))
             else:
@@ -243,8 +245,3 @@ class VQIndexer(nn.Module, Indexer):
     def _assign_torch(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)

@@ -1,5 +1,9 @@
 """Triton kernels (GPU; tested on CPU with TRITON_INTERPRET=1), each beside its torch reference."""
 
+from moc_fast._extras import require
+
+require("torch", feature="moc_fast.kernels (MoC embedding op)")
+
 from moc_fast.kernels.moc_embedding import (
     ACTIVATIONS,
     MODES,

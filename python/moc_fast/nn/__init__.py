@@ -1,5 +1,9 @@
 """Downstream stage: semantic-code embeddings, CTR backbones and the CTR model."""
 
+from moc_fast._extras import require
+
+require("torch", "safetensors", feature="moc_fast.nn (CTR models)")
+
 from moc_fast.nn.backbones import BACKBONES, DNN, IPNN, AutoIntPlus, DCNv2, DeepFM, make_backbone
 from moc_fast.nn.ctr import CTRModel
 from moc_fast.nn.embeddings import FieldEmbedding, MultiEmbedding

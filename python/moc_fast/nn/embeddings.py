@@ -9,10 +9,13 @@ from torch import Tensor, nn
 def check_ids(x: Tensor, field_dims: list[int], name: str = "x") -> None:
     """Raise on a wrong shape, dtype or an id outside its field's vocabulary (precisely on CPU
     tensors in eager mode; as a device-side assert on CUDA and under torch.compile/export)."""
-    if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
+    if not isinstance(x, Tensor):
         raise TypeError(
-            f"{name} must be an int64 tensor (B, F), got {getattr(x, 'dtype', type(x))}"
+            f"{name} must be a torch integer tensor (B, F={len(field_dims)}), got "
+            f"{type(x).__module__}.{type(x).__name__} (use torch.as_tensor)"
         )
+    if x.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got {x.dtype}")
     if x.dim() != 2 or x.shape[1] != len(field_dims):
         raise ValueError(f"{name} must have shape (B, F={len(field_dims)}), got {tuple(x.shape)}")
     dims = torch.as_tensor(field_dims, device=x.device)
@@ -43,6 +46,10 @@ class FieldEmbedding(nn.Module):
         nn.init.normal_(self.table.weight, std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x (*, F)` -> `(*, F, embed_dim)`: any leading shape, like `nn.Embedding`."""
+        if isinstance(x, Tensor) and x.dim() not in (0, 2):
+            flat = self(x.reshape(-1, x.shape[-1]))
+            return flat.reshape(*x.shape, self.embed_dim)
         if self.check:
             check_ids(x, self.field_dims)
         return self.table(x.long() + self.offsets)

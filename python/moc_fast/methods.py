@@ -1,0 +1,47 @@
+"""The method vocabulary shared by every `moc-fast` verb and the study (no torch needed).
+
+A method is how items enter the CTR model: not at all (`popularity`), as ids (`id-only`, `me`),
+as a dense text embedding (`text-mlp`) or as semantic codes from an indexer family.
+"""
+
+from __future__ import annotations
+
+METHODS = (
+    "popularity",
+    "id-only",
+    "text-mlp",
+    "me",
+    "rqvae",
+    "moc-none",
+    "moc-gate",
+    "moc-residual",
+    "kmeans",
+    "rq-kmeans",
+)
+ALIASES = {"moc": "moc-gate"}
+# Methods whose representation grows with the scale s (s sets, levels or codebooks).
+SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual", "rq-kmeans")
+# Methods that read semantic codes, and the indexer family that makes them.
+FAMILY = {
+    "rqvae": "rqvae",
+    "moc-none": "moc",
+    "moc-gate": "moc",
+    "moc-residual": "moc",
+    "kmeans": "kmeans",
+    "rq-kmeans": "rq-kmeans",
+}
+
+
+def canonical(method: str) -> str:
+    """The method's canonical name (`moc` is `moc-gate`), or ValueError naming the vocabulary."""
+    name = ALIASES.get(method, method)
+    if name not in METHODS:
+        raise ValueError(
+            f"unknown method {method!r}: expected one of {list(METHODS)} (or 'moc' = 'moc-gate')"
+        )
+    return name
+
+
+def fusion(method: str) -> str:
+    """The MoCEmbedding fusion a code method uses (`none` for RQ-VAE and k-means codes)."""
+    return method.removeprefix("moc-") if FAMILY.get(method) == "moc" else "none"
