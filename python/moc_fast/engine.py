@@ -121,22 +121,33 @@ def kmeans(
     k: int,
     iters: int = 25,
     seed: int = 0,
-    init: str = "k-means++",
+    init: Any = "k-means++",
     metric: str = "l2",
     *,
     num_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd's k-means: `(centroids (k, d), labels (N,), inertia)`.
 
-    `init` is `"k-means++"` or `"random"`; `metric="ip"` runs spherical k-means (rows and
-    centroids normalised; inertia is the sum of 1 - cosine). Empty clusters are re-seeded with
-    the points farthest from their centroids. Same seed, same result, whatever the threads.
+    `init` is `"k-means++"`, `"random"` (k distinct rows, as FAISS), or an array of initial
+    centroids `(k, d)` (to compare with another library from the same start); `metric="ip"`
+    runs spherical k-means (rows and centroids normalised; inertia is the sum of
+    1 - cosine). Empty clusters are re-seeded with the points farthest from their centroids.
+    Same seed, same result, whatever the threads. Stops early once the labels stop changing.
     """
     xs = _floats("x", x, 2)
     _check_count("k", k)
     _check_count("iters", iters, minimum=0)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if not isinstance(init, str):
+        cs = _floats("init", init, 2)
+        if cs.shape != (k, xs.shape[1]):
+            raise ValueError(f"init centroids must have shape (k, d) = {(k, xs.shape[1])}, "
+                             f"got {cs.shape}")  # fmt: skip
+        centroids, labels, inertia, _ = _native.kmeans_from(
+            xs, cs, int(iters), metric, _threads(num_threads)
+        )
+        return centroids, labels, inertia
     centroids, labels, inertia, _ = _native.kmeans(
         xs, int(k), int(iters), int(seed), init, metric, _threads(num_threads)
     )
@@ -212,12 +223,11 @@ def code_stats(codes: Any, codebook_size: int) -> dict[str, Any]:
     """
     arr = _ints("codes", codes, 2)
     _check_count("codebook_size", codebook_size)
-    hist, unique = _native.code_histograms(arr, int(codebook_size))
+    hist, unique, largest = _native.code_histograms(arr, int(codebook_size))
     n = arr.shape[0]
     p = hist / max(n, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
-    _, largest = _native.resolve_collisions(arr) if n else (None, 0)
     return {
         "histogram": hist,
         "utilization": (hist > 0).mean(axis=1),

@@ -59,7 +59,7 @@ impl Metric {
 }
 
 /// A codebook `(K, d)` laid out for the tile kernel: panels of NR codewords, k-major.
-pub struct PackedCodebook {
+pub(crate) struct PackedCodebook {
     panels: Vec<f32>,
     bias: Vec<f32>,
     alpha: f32,
@@ -93,19 +93,11 @@ impl PackedCodebook {
         };
         PackedCodebook { panels, bias, alpha, metric, k, kp, d }
     }
-
-    pub fn len(&self) -> usize {
-        self.k
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.k == 0
-    }
 }
 
 /// Per-thread scratch: a padded copy of a partial row panel, a tile of inner products and the
 /// running argmin lanes.
-pub struct Scratch {
+pub(crate) struct Scratch {
     apack: Vec<f32>,
     dot: Vec<f32>,
     best_v: Vec<f32>,
@@ -143,7 +135,7 @@ pub fn sum_squares(v: &[f32]) -> f32 {
 }
 
 /// The kernels one call uses, picked once: for packed panels and for rows read in place.
-pub struct KernelSet {
+pub(crate) struct KernelSet {
     packed: (TileFn, TileArgminFn, ReduceFn),
     rows: (TileFn, TileArgminFn, ReduceFn),
 }
@@ -163,8 +155,10 @@ impl Default for KernelSet {
 /// Nearest codeword for `rows` rows (at most MB) of `x`, row stride `lda`, first row at `x[0]`.
 ///
 /// Writes the code and the score: the squared distance for L2, the inner product for IP.
+/// Crate-private: its callers guarantee the slice sizes the unsafe kernels read, and the
+/// asserts below (checked in release builds too, once per block) hold them to it.
 #[allow(clippy::too_many_arguments)]
-pub fn assign_rows(
+pub(crate) fn assign_rows(
     x: &[f32],
     rows: usize,
     lda: usize,
@@ -174,8 +168,9 @@ pub fn assign_rows(
     codes: &mut [i64],
     score: &mut [f32],
 ) {
-    debug_assert!(rows <= MB && codes.len() >= rows && score.len() >= rows);
     let d = cb.d;
+    assert!(rows <= MB && codes.len() >= rows && score.len() >= rows, "assign_rows: output too short");
+    assert!(lda >= d && (rows == 0 || x.len() >= (rows - 1) * lda + d), "assign_rows: x too short");
     let packed = d <= PACK_MAX_D;
     let (tile, tile_argmin, reduce) = if packed { kernels.packed } else { kernels.rows };
     let panels_m = rows.div_ceil(MR);

@@ -2,7 +2,12 @@
 //! per-codebook statistics.
 
 use crate::error::{Error, Result};
+use crate::parallel;
+use rayon::slice::ParallelSliceMut;
 use std::collections::HashMap;
+#[cfg(test)]
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Pack each row of `codes (n, m)` into one u64, the first code in the highest bits, so that
 /// sorting packed IDs sorts the tuples lexicographically.
@@ -60,29 +65,127 @@ fn check_bits(m: usize, bits: u32) -> Result<()> {
     Ok(())
 }
 
+/// A hasher for u64 keys: the splitmix64 finaliser, a few multiplies that spread every input
+/// bit over the whole word (std's SipHash is DoS-resistant and several times slower here).
+#[derive(Default, Clone, Copy)]
+pub struct Mix64(u64);
+
+impl Hasher for Mix64 {
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(23) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Mix64>>;
+
+/// One u64 key per row when the codes' value ranges fit 64 bits together (the usual case:
+/// a few codes of at most a few thousand values), else None. Equal keys ⇔ equal rows.
+fn row_keys(codes: &[i64], m: usize) -> Option<Vec<u64>> {
+    let mut lo = vec![i64::MAX; m];
+    let mut hi = vec![i64::MIN; m];
+    for row in codes.chunks_exact(m) {
+        for (j, &c) in row.iter().enumerate() {
+            lo[j] = lo[j].min(c);
+            hi[j] = hi[j].max(c);
+        }
+    }
+    let mut bits = Vec::with_capacity(m);
+    for j in 0..m {
+        let span = (hi[j] as i128 - lo[j] as i128).max(0) as u128;
+        bits.push(128 - span.leading_zeros());
+    }
+    if bits.iter().sum::<u32>() > 64 {
+        return None;
+    }
+    Some(
+        codes
+            .chunks_exact(m)
+            .map(|row| {
+                row.iter().enumerate().fold(0u64, |key, (j, &c)| {
+                    let v = (c as i128 - lo[j] as i128) as u64;
+                    if bits[j] == 64 { v } else { (key << bits[j]) | v }
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Append to each row of `codes (n, m)` its rank among earlier rows with the same tuple, so that
 /// every `(n, m + 1)` row is unique (TIGER's collision code). Returns the new codes and the
-/// largest group size.
+/// largest group size. Where the rows pack into u64 keys, (key, row) pairs are sorted in
+/// parallel and each row's rank is its place in its run; otherwise rows are hashed.
 pub fn resolve_collisions(codes: &[i64], m: usize) -> Result<(Vec<i64>, usize)> {
     if m == 0 {
         return Err(Error::value("codes must have at least one column"));
     }
     let n = codes.len() / m;
-    let mut seen: HashMap<&[i64], i64> = HashMap::with_capacity(n);
-    let mut out = Vec::with_capacity(n * (m + 1));
+    let mut ranks = vec![0i64; n];
     let mut largest = 0usize;
-    for row in codes.chunks_exact(m) {
-        let rank = seen.entry(row).or_insert(0);
+    if let Some(keys) = row_keys(codes, m) {
+        let mut pairs: Vec<(u64, u64)> = keys.into_iter().zip(0..n as u64).collect();
+        parallel::run(0, || pairs.par_sort_unstable())?;
+        for run in pairs.chunk_by(|a, b| a.0 == b.0) {
+            for (rank, &(_, row)) in run.iter().enumerate() {
+                ranks[row as usize] = rank as i64;
+            }
+            largest = largest.max(run.len());
+        }
+    } else {
+        let mut seen: FastMap<&[i64], i64> = FastMap::with_capacity_and_hasher(n, Default::default());
+        for (row, rank) in codes.chunks_exact(m).zip(ranks.iter_mut()) {
+            let count = seen.entry(row).or_insert(0);
+            *rank = *count;
+            *count += 1;
+            largest = largest.max(*count as usize);
+        }
+    }
+    let mut out = Vec::with_capacity(n * (m + 1));
+    for (row, rank) in codes.chunks_exact(m).zip(ranks) {
         out.extend_from_slice(row);
-        out.push(*rank);
-        *rank += 1;
-        largest = largest.max(*rank as usize);
+        out.push(rank);
     }
     Ok((out, largest))
 }
 
-/// Per-codebook histograms `(m, k)` and the number of distinct full tuples.
-pub fn code_histograms(codes: &[i64], m: usize, k: usize) -> Result<(Vec<i64>, usize)> {
+/// The number of distinct rows of `codes (n, m)` and the size of the largest group of equal rows.
+pub fn group_sizes(codes: &[i64], m: usize) -> Result<(usize, usize)> {
+    Ok(match row_keys(codes, m) {
+        Some(mut keys) => {
+            parallel::run(0, || keys.par_sort_unstable())?;
+            keys.chunk_by(|a, b| a == b).fold((0, 0), |(u, l), run| (u + 1, l.max(run.len())))
+        }
+        None => {
+            let mut counts: FastMap<&[i64], usize> = FastMap::default();
+            for row in codes.chunks_exact(m) {
+                *counts.entry(row).or_insert(0) += 1;
+            }
+            (counts.len(), counts.values().copied().max().unwrap_or(0))
+        }
+    })
+}
+
+/// Per-codebook histograms `(m, k)`, the number of distinct full tuples and the largest group
+/// of equal tuples ([`group_sizes`]).
+pub fn code_histograms(codes: &[i64], m: usize, k: usize) -> Result<(Vec<i64>, usize, usize)> {
     if m == 0 || k == 0 {
         return Err(Error::value(format!(
             "codes need m >= 1 columns and codebook_size >= 1, got m = {m}, codebook_size = {k}"
@@ -99,8 +202,8 @@ pub fn code_histograms(codes: &[i64], m: usize, k: usize) -> Result<(Vec<i64>, u
             hist[j * k + c as usize] += 1;
         }
     }
-    let unique: std::collections::HashSet<&[i64]> = codes.chunks_exact(m).collect();
-    Ok((hist, unique.len()))
+    let (unique, largest) = group_sizes(codes, m)?;
+    Ok((hist, unique, largest))
 }
 
 #[cfg(test)]
@@ -133,10 +236,36 @@ mod tests {
     }
 
     #[test]
+    fn packed_and_hashed_paths_agree() {
+        // Random small codes take the packed-key path; the same rows shifted past 64 bits of
+        // range take the row-hash path: identical suffixes and counts.
+        let mut state = 7u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 40) as i64 % 5
+        };
+        let codes: Vec<i64> = (0..3000).map(|_| next()).collect();
+        let mut wide = codes.clone();
+        for row in wide.chunks_exact_mut(3) {
+            row[0] = if row[0] == 0 { i64::MIN } else { i64::MAX - row[0] };
+            row[1] = if row[1] == 0 { i64::MIN } else { i64::MAX - row[1] };
+        }
+        assert!(row_keys(&codes, 3).is_some() && row_keys(&wide, 3).is_none());
+        let (a, la) = resolve_collisions(&codes, 3).unwrap();
+        let (b, lb) = resolve_collisions(&wide, 3).unwrap();
+        let suffix = |v: &[i64]| v.chunks_exact(4).map(|r| r[3]).collect::<Vec<_>>();
+        assert_eq!((suffix(&a), la), (suffix(&b), lb));
+        let (_, ua, lg) = code_histograms(&codes, 3, 5).unwrap();
+        let distinct: HashSet<&[i64]> = codes.chunks_exact(3).collect();
+        assert_eq!((ua, lg), (distinct.len(), la));
+        assert_eq!(group_sizes(&wide, 3).unwrap(), (ua, lb));
+    }
+
+    #[test]
     fn histograms_count_codes_and_tuples() {
-        let (hist, unique) = code_histograms(&[0, 1, 0, 1, 1, 0], 2, 2).unwrap();
+        let (hist, unique, largest) = code_histograms(&[0, 1, 0, 1, 1, 0], 2, 2).unwrap();
         assert_eq!(hist, vec![2, 1, 1, 2]);
-        assert_eq!(unique, 2);
+        assert_eq!((unique, largest), (2, 2));
         assert!(code_histograms(&[0, 2], 2, 2).is_err());
     }
 }

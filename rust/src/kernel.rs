@@ -47,12 +47,16 @@ pub struct Epilogue {
     pub base: i32,
 }
 
-/// Whether the AVX-512 kernels run here (never when `MOC_FAST_PORTABLE` is set).
+/// Whether the AVX-512 kernels run here (never when `MOC_FAST_PORTABLE` is set). Decided
+/// once per process: the environment and the CPU are read on the first call only.
 pub fn use_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::env::var_os("MOC_FAST_PORTABLE").is_none()
-            && std::arch::is_x86_feature_detected!("avx512f")
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| {
+            std::env::var_os("MOC_FAST_PORTABLE").is_none()
+                && std::arch::is_x86_feature_detected!("avx512f")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -245,6 +245,48 @@ pub fn kmeans(
     metric: Metric,
     threads: usize,
 ) -> Result<KMeans> {
+    lloyd(x, n, d, k, iters, Start::Seeded(seed, init), metric, threads)
+}
+
+/// [`kmeans`] from given initial centroids `(k, d)` (to compare with another library from the
+/// same start, or to continue a run).
+#[allow(clippy::too_many_arguments)]
+pub fn kmeans_from(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    centroids: &[f32],
+    k: usize,
+    iters: usize,
+    metric: Metric,
+    threads: usize,
+) -> Result<KMeans> {
+    if centroids.len() != k * d || k == 0 {
+        return Err(Error::value(format!(
+            "init centroids must be (k, d) = ({k}, {d}) with k >= 1, got {} floats",
+            centroids.len()
+        )));
+    }
+    check_finite("init centroids", centroids, d)?;
+    lloyd(x, n, d, k, iters, Start::Given(centroids), metric, threads)
+}
+
+enum Start<'a> {
+    Seeded(u64, Init),
+    Given(&'a [f32]),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lloyd(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    iters: usize,
+    start: Start<'_>,
+    metric: Metric,
+    threads: usize,
+) -> Result<KMeans> {
     if k == 0 {
         return Err(Error::value("k must be >= 1, got 0"));
     }
@@ -270,10 +312,12 @@ pub fn kmeans(
         } else {
             x
         };
-        let mut rng = Rng::new(seed);
-        let mut centroids = match init {
-            Init::KMeansPlusPlus => seed_plus_plus(x, n, d, k, &mut rng),
-            Init::Random => seed_random(x, n, d, k, &mut rng),
+        let mut centroids = match start {
+            Start::Seeded(seed, Init::KMeansPlusPlus) => {
+                seed_plus_plus(x, n, d, k, &mut Rng::new(seed))
+            }
+            Start::Seeded(seed, Init::Random) => seed_random(x, n, d, k, &mut Rng::new(seed)),
+            Start::Given(c) => c.to_vec(),
         };
         if metric == Metric::InnerProduct {
             normalize_rows(&mut centroids, d);

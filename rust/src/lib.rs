@@ -136,6 +136,30 @@ mod bindings {
         Ok((centroids, res.labels.into_pyarray(py), res.inertia, res.iterations))
     }
 
+    #[pyfunction]
+    #[pyo3(signature = (x, centroids, iters=25, metric="l2", num_threads=0))]
+    fn kmeans_from<'py>(
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f32>,
+        centroids: PyReadonlyArray2<'py, f32>,
+        iters: usize,
+        metric: &str,
+        num_threads: usize,
+    ) -> PyResult<KMeansOut<'py>> {
+        let metric = Metric::parse(metric)?;
+        let [n, d] = [x.shape()[0], x.shape()[1]];
+        let [k, dc] = [centroids.shape()[0], centroids.shape()[1]];
+        if d != dc {
+            return Err(PyValueError::new_err(format!(
+                "x has {d} columns but init centroids have {dc}: expected the same dimension"
+            )));
+        }
+        let (xs, cs) = (contiguous("x", &x)?, contiguous("init", &centroids)?);
+        let res = py.detach(|| km::kmeans_from(xs, n, d, cs, k, iters, metric, num_threads))?;
+        let centroids = res.centroids.into_pyarray(py).reshape([k, d])?;
+        Ok((centroids, res.labels.into_pyarray(py), res.inertia, res.iterations))
+    }
+
     type RqOut<'py> = (Bound<'py, PyArray3<f32>>, Bound<'py, PyArray2<i64>>, f64);
 
     #[pyfunction]
@@ -202,11 +226,11 @@ mod bindings {
         py: Python<'py>,
         codes: PyReadonlyArray2<'py, i64>,
         codebook_size: usize,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, usize)> {
+    ) -> PyResult<(Bound<'py, PyArray2<i64>>, usize, usize)> {
         let m = codes.shape()[1];
         let cs = contiguous("codes", &codes)?;
-        let (hist, unique) = py.detach(|| codes::code_histograms(cs, m, codebook_size))?;
-        Ok((hist.into_pyarray(py).reshape([m, codebook_size])?, unique))
+        let (hist, unique, largest) = py.detach(|| codes::code_histograms(cs, m, codebook_size))?;
+        Ok((hist.into_pyarray(py).reshape([m, codebook_size])?, unique, largest))
     }
 
     /// Threads a call with num_threads=0 uses.
@@ -227,6 +251,7 @@ mod bindings {
 
     #[pymodule]
     fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        parallel::record_pid();
         m.add_function(wrap_pyfunction!(assign, m)?)?;
         m.add_function(wrap_pyfunction!(assign_multi, m)?)?;
         m.add_function(wrap_pyfunction!(assign_residual, m)?)?;
@@ -236,6 +261,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(unpack_codes, m)?)?;
         m.add_function(wrap_pyfunction!(resolve_collisions, m)?)?;
         m.add_function(wrap_pyfunction!(code_histograms, m)?)?;
+        m.add_function(wrap_pyfunction!(kmeans_from, m)?)?;
         m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;
         m.add_function(wrap_pyfunction!(kernel_name, m)?)?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;

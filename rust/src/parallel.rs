@@ -2,8 +2,10 @@
 //!
 //! Work never runs on rayon's global pool. A pool is built per (process id, thread count), so
 //! a child forked from a parent that used the engine (a DataLoader worker, say) builds fresh
-//! threads instead of waiting on the parent's, which do not exist in the child. In a forked
-//! child the default is one thread, like PyTorch's workers, to avoid oversubscription.
+//! threads instead of waiting on the parent's, which do not exist in the child; the inherited
+//! pools are forgotten, never dropped (dropping one would signal threads that are not there).
+//! In a forked child the default is one thread, like PyTorch's workers, to avoid
+//! oversubscription: the parent's pid is recorded when the module loads ([`record_pid`]).
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -15,6 +17,11 @@ type Pools = HashMap<(u32, usize), Arc<ThreadPool>>;
 
 static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
 static FIRST_PID: OnceLock<u32> = OnceLock::new();
+
+/// Remember this process as the parent of any later fork (call once at module load).
+pub fn record_pid() {
+    FIRST_PID.get_or_init(std::process::id);
+}
 
 /// Threads used when the caller passes 0: `MOC_FAST_NUM_THREADS`, else all cores (1 in a
 /// forked child).
@@ -38,7 +45,15 @@ fn pool(num_threads: usize) -> Result<Arc<ThreadPool>> {
     let key = (std::process::id(), num_threads);
     let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut guard = pools.lock().unwrap_or_else(|e| e.into_inner());
-    guard.retain(|k, _| k.0 == key.0); // pools inherited through fork have no threads
+    if guard.keys().any(|k| k.0 != key.0) {
+        // Pools inherited through fork have no threads: forget them without running Drop.
+        let inherited: Vec<_> = guard.keys().filter(|k| k.0 != key.0).copied().collect();
+        for k in inherited {
+            if let Some(p) = guard.remove(&k) {
+                std::mem::forget(p);
+            }
+        }
+    }
     if let Some(p) = guard.get(&key) {
         return Ok(p.clone());
     }
