@@ -34,6 +34,8 @@ const KC: usize = 256;
 /// Largest d whose row panels are packed (contiguous broadcasts); above it rows are read in
 /// place, where packing would cost a sizeable share of the work.
 const PACK_MAX_D: usize = 32;
+/// Smallest d whose row panels are copied (memcpy per row) rather than read in place.
+const COPY_MIN_D: usize = 1024;
 /// Codewords per chunk of the scratch tile (a multiple of NR).
 const NB: usize = 1024;
 /// Row stride of the scratch tile: NB plus a cache line, so rows do not alias in L1.
@@ -183,16 +185,23 @@ pub(crate) fn assign_rows(
         for k0 in (0..d).step_by(kstep) {
             let kc = kstep.min(d - k0);
             let last = k0 + kc == d;
-            // Small d: pack every panel k-major. Large d: read full panels of MR rows in place
+            // Small d: pack every panel k-major. Middle d: read full panels of MR rows in place
             // and copy only a partial last panel, zero-padded, so no read passes the block.
-            let full = if packed { 0 } else { rows / MR };
+            // Large d: copy every panel's rows (memcpy) — MR rows a multiple of 4 KiB apart
+            // would share L1 sets and TLB entries when read in place.
+            let full = if packed || d >= COPY_MIN_D { 0 } else { rows / MR };
             for ip in full..panels_m {
                 let panel = &mut s.apack[ip * kc * MR..(ip + 1) * kc * MR];
                 for i in 0..MR {
                     let r = ip * MR + i;
-                    for kk in 0..kc {
-                        let v = if r < rows { x[r * lda + k0 + kk] } else { 0.0 };
-                        panel[if packed { kk * MR + i } else { i * kc + kk }] = v;
+                    if packed {
+                        for kk in 0..kc {
+                            panel[kk * MR + i] = if r < rows { x[r * lda + k0 + kk] } else { 0.0 };
+                        }
+                    } else if r < rows {
+                        panel[i * kc..(i + 1) * kc].copy_from_slice(&x[r * lda + k0..r * lda + k0 + kc]);
+                    } else {
+                        panel[i * kc..(i + 1) * kc].fill(0.0);
                     }
                 }
             }
