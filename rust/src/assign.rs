@@ -420,7 +420,8 @@ mod tests {
 
     #[test]
     fn matches_brute_force_on_awkward_shapes() {
-        for &(n, d, k) in &[(1, 1, 1), (13, 3, 5), (100, 17, 33), (49, 300, 70), (61, 8, 1500)] {
+        let shapes = [(1, 1, 1), (13, 3, 5), (100, 17, 33), (49, 300, 70), (61, 8, 1500), (7, 1100, 40), (200, 1024, 33)];
+        for &(n, d, k) in &shapes {
             for metric in [Metric::L2, Metric::InnerProduct] {
                 let x = lcg(n * d, n as u64);
                 let cb = lcg(k * d, k as u64 + 7);
