@@ -56,6 +56,29 @@ def test_each_backbone_learns(ctr, backbone):
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_me_sets_have_their_own_interaction_parameters(backbone):
+    """Guo et al.'s ME: each set has its own interaction (and first deep layer); it is not the
+    plain model applied to the averaged embeddings."""
+    torch.manual_seed(0)
+    me2 = make_backbone(backbone, 5, 8, num_sets=2)
+    per_set = [sum(p.numel() for p in m.parameters()) for m in me2.interactions]
+    assert per_set[0] > 0 and per_set[0] == per_set[1]
+    plain = make_backbone(backbone, 5, 8)
+    plain.load_state_dict(
+        {k: v for k, v in me2.state_dict().items() if not k.startswith("interactions.1")}
+    )
+    me2.eval()
+    plain.eval()
+    e = torch.randn(2, 16, 5, 8)
+    out = me2(e)
+    assert not torch.allclose(out, plain(e.mean(0)), atol=1e-4)
+    with torch.no_grad():
+        for p in me2.interactions[1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert not torch.allclose(me2(e), out, atol=1e-5)  # the second set's parameters matter
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_me_mode_learns_and_one_set_is_the_plain_structure(ctr, backbone):
     train, val, test, dims = ctr
     plain = make_backbone(backbone, 5, 8)

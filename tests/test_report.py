@@ -52,7 +52,7 @@ def test_report_has_tables_and_plots(tmp_path):
             np.save(tmp_path / "spectra" / name, np.linspace(1, 0.1, 16))
     write_results(tmp_path / "results.csv", rows)
     text = write_report(tmp_path).read_text()
-    assert "| moc-gate | 3x | +0.0010 (1/2) | +0.0010 (1/2) |" in text
+    assert "| moc-gate | 3x | +0.0010 (1/2) | +0.0010 ± 0.0508 (1/2) |" in text  # t(1) = 12.706
     assert "| moc-gate | 3x: 0.6560 |" in text
     for png in ("auc_vs_scale", "spectra", "info_abundance_vs_scale"):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000

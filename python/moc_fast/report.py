@@ -68,6 +68,84 @@ def chosen_on_validation(rows: list[dict]) -> dict[tuple, dict[str, tuple[int, f
     return out
 
 
+# Two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+
+
+def t_interval(values) -> float:
+    """Half-width of the 95% t interval of the mean (NaN for fewer than two values)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return float(t * _sample_std(values) / np.sqrt(n))
+
+
+def _by_method(rows: list[dict], column: str, per: str = "dataset") -> tuple[list, dict]:
+    """{(method, scale): {group: [values]}} of a column, grouped by dataset (or backbone)."""
+    out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        v = _f(r.get(column))
+        if not np.isnan(v):
+            out[(r["method"], int(r["scale"]))][r[per]].append(v)
+    groups = sorted({g for t in out.values() for g in t})
+    return groups, out
+
+
+def _extra_markdown(rows: list[dict]) -> list[str]:
+    """Calibration (logloss and ln 2), cold-item AUC, information abundance per representation."""
+    lines: list[str] = []
+    trained = [
+        r for r in rows if r["method"] != "popularity" and not np.isnan(_f(r["test_logloss"]))
+    ]
+    if trained:
+        above = sum(_f(r["test_logloss"]) > np.log(2) for r in trained)
+        groups, table = _by_method(trained, "test_logloss")
+        lines += ["", "## Test logloss (mean over seeds and backbones)", "",
+                  f"{above} of {len(trained)} trained cells have test logloss above ln 2 = 0.693 "
+                  "(worse than always predicting 0.5).", "",
+                  "| method | scale | " + " | ".join(groups) + " |",
+                  "|---|---|" + "---|" * len(groups)]  # fmt: skip
+        for (m, sc), t in sorted(table.items()):
+            cells = [f"{np.mean(t[g]):.4f}" if t.get(g) else "" for g in groups]
+            lines.append(f"| {m} | {sc}x | " + " | ".join(cells) + " |")
+    buckets = [("auc_items_0", "0"), ("auc_items_1_2", "1–2"), ("auc_items_3_9", "3–9"),
+               ("auc_items_10plus", "≥ 10")]  # fmt: skip
+    if any(not np.isnan(_f(r.get(b))) for r in rows for b, _ in buckets):
+        datasets = sorted({r["dataset"] for r in rows})
+        lines += ["", "## Test AUC by the item's training positives (cold items; mean over "
+                  "seeds and backbones)", "",
+                  "| method | scale | " + " | ".join(f"{d}: {lbl}" for d in datasets
+                                                   for _, lbl in buckets) + " |",
+                  "|---|---|" + "---|" * (len(datasets) * len(buckets))]  # fmt: skip
+        cols = [_by_method(rows, b)[1] for b, _ in buckets]
+        keys = sorted({k for t in cols for k in t})
+        for key in keys:
+            cells = []
+            for d in datasets:
+                for t in cols:
+                    v = t.get(key, {}).get(d)
+                    cells.append(f"{np.mean(v):.3f}" if v else "")
+            lines.append(f"| {key[0]} | {key[1]}x | " + " | ".join(cells) + " |")
+    reps = [("info_abundance", "code tables"), ("ia_collision", "collision table"),
+            ("ia_fused", "fused item repr."), ("ia_item_id", "item-ID table")]  # fmt: skip
+    if any(not np.isnan(_f(r.get(c))) for r in rows for c, _ in reps):
+        lines += ["", "## Information abundance per representation (mean over seeds, "
+                  "backbones and datasets)", "",
+                  "| method | scale | " + " | ".join(lbl for _, lbl in reps) + " |",
+                  "|---|---|" + "---|" * len(reps)]  # fmt: skip
+        cols = [_by_method(rows, c)[1] for c, _ in reps]
+        for key in sorted({k for t in cols for k in t}):
+            cells = []
+            for t in cols:
+                vals = [v for g in t.get(key, {}).values() for v in g]
+                cells.append(f"{np.mean(vals):.2f}" if vals else "")
+            lines.append(f"| {key[0]} | {key[1]}x | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _paired_markdown(rows: list[dict]) -> list[str]:
     deltas = paired_deltas(rows)
     if not deltas:
@@ -76,7 +154,8 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
     cells = sorted({k for t in deltas.values() for k in t})
     lines = [
         "",
-        "## Δ test AUC vs ID-only, paired by seed (mean Δ; runs better than ID-only / runs)",
+        "## Δ test AUC vs ID-only, paired by seed (mean Δ; runs better than ID-only / runs; "
+        "\"all\": mean Δ ± the 95% t interval over every paired run)",
         "",
         "| method | scale | " + " | ".join(f"{d} / {b}" for d, b in cols) + " | all |",
         "|---|---|" + "---|" * (len(cols) + 1),
@@ -87,7 +166,8 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
             v = deltas[c].get(cell, [])
             pooled += v
             out.append(f"{np.mean(v):+.4f} ({sum(x > 0 for x in v)}/{len(v)})" if v else "")
-        out.append(f"{np.mean(pooled):+.4f} ({sum(x > 0 for x in pooled)}/{len(pooled)})")
+        out.append(f"{np.mean(pooled):+.4f} ± {t_interval(pooled):.4f} "
+                   f"({sum(x > 0 for x in pooled)}/{len(pooled)})")  # fmt: skip
         lines.append(f"| {cell[0]} | {cell[1]}x | " + " | ".join(out) + " |")
     chosen = chosen_on_validation(rows)
     cols = sorted(chosen)
@@ -152,6 +232,7 @@ def markdown(rows: list[dict], source: str = "results.csv") -> str:
         else "",
     ]
     lines += _paired_markdown(rows)
+    lines += _extra_markdown(rows)
     lines += [
         "",
         "## Every run",

@@ -48,6 +48,13 @@ COLUMNS = [
     "collision_rate",
     "utilization",
     "info_abundance",
+    "ia_collision",
+    "ia_fused",
+    "ia_item_id",
+    "auc_items_0",
+    "auc_items_1_2",
+    "auc_items_3_9",
+    "auc_items_10plus",
 ]
 
 
@@ -65,7 +72,11 @@ class StudyConfig:
     patience: int = 3
     batch_size: int = 4096
     lr: float = 1e-3
+    embedding_l2: float = 0.0  # λ on Σ‖embedding tables‖² (FuxiCTR's embedding_regularizer)
+    net_l2: float = 0.0  # λ on Σ‖other weight matrices‖² (FuxiCTR's net_regularizer)
+    dropout: float = 0.2  # in the backbones' deep networks
     negatives: int = 1
+    sampler: str = "uniform"  # or "split-matched": see moc_fast.data.protocol.build_ctr
     codebook_size: int = 256
     index_epochs: int = 30
     index_batch_size: int = 512
@@ -77,9 +88,12 @@ class StudyConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from moc_fast.data.protocol import SAMPLERS
         from moc_fast.nn.backbones import BACKBONES
 
         self.methods = [canonical(m) for m in self.methods]
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         for b in self.backbones:
             if b.lower() not in BACKBONES:
                 raise ValueError(f"unknown backbone {b!r}: expected one of {sorted(BACKBONES)}")
@@ -95,9 +109,15 @@ class StudyConfig:
         return cls(**d)
 
 
-def spectrum_name(row: dict[str, Any]) -> str:
-    """The file under `out/spectra` holding a run's normalised code-table spectrum."""
-    return f"{row['dataset']}-{row['method']}-{row['scale']}-{row['backbone']}-{row['seed']}.npy"
+CODES_CACHE_VERSION = 2  # 2: keyed by a hash of the full recipe, seed included
+
+
+def spectrum_name(row: dict[str, Any], representation: str = "codes") -> str:
+    """The file under `out/spectra` holding a run's normalised spectrum of one representation
+    (`codes`: the code tables; `collision`, `fused`, `item_id`: see `representation_abundance`)."""
+    suffix = "" if representation == "codes" else f"-{representation}"
+    name = f"{row['dataset']}-{row['method']}-{row['scale']}-{row['backbone']}-{row['seed']}"
+    return f"{name}{suffix}.npy"
 
 
 def cell_key(row: dict[str, Any]) -> tuple:
@@ -133,13 +153,17 @@ class StudyData:
     def __init__(self, spec: str, cfg: StudyConfig) -> None:
         from moc_fast.data.datasets import open_dataset
         from moc_fast.data.protocol import build_ctr
+        from moc_fast.train import items_by_training_count
 
         self.cfg = cfg
         self.data = open_dataset(spec)
         if cfg.max_users:
             self.data = self.data.subset_users(cfg.max_users)
         self.name = self.data.name
-        self.splits = build_ctr(self.data, negatives=cfg.negatives, seed=0, cache=True)
+        self.splits = build_ctr(
+            self.data, negatives=cfg.negatives, seed=0, cache=True, sampler=cfg.sampler
+        )
+        self.item_counts = items_by_training_count(self.splits.train, self.splits.num_items)
         self._emb: np.ndarray | None = None
         self._codes: dict[tuple[str, int], tuple[np.ndarray, dict[str, float]]] = {}
 
@@ -151,16 +175,34 @@ class StudyData:
             self._emb = embed_texts(texts, self.cfg.text_model, progress=self.cfg.progress)
         return self._emb
 
-    def codes(self, family: str, scale: int) -> tuple[np.ndarray, dict[str, float]]:
-        """Item codes of an indexer, trained once per (family, scale), cached on disk."""
-        key = (family, scale)
+    def codes(
+        self, family: str, scale: int, seed: int = 0
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Item codes of an indexer trained once per (family, scale, seed), cached on disk under
+        a hash of everything that determines them: the indexer's class and full config (seed
+        included), its training settings, the input embeddings and the package version."""
+        key = (family, scale, seed)
         if key in self._codes:
             return self._codes[key]
+        import moc_fast as mf
+
         c = self.cfg
-        tag = f"{self.name}-{family}-{scale}-K{c.codebook_size}-e{c.index_epochs}-u{c.max_users}"
-        text = [c.text_model, list(c.text_fields)]
-        if text != [StudyConfig.text_model, list(TEXT_FIELDS)]:  # keep default keys stable
-            tag += "-t" + hashlib.sha256(json.dumps(text).encode()).hexdigest()[:12]
+        x = self.embeddings()
+        k = min(c.codebook_size, len(x))
+        cls = build_indexer(family, scale, k, seed)
+        trained = family in ("moc", "rqvae")
+        fit_args = {"epochs": c.index_epochs, "batch_size": max(c.index_batch_size, k)}
+        recipe = {
+            "indexer": type(cls).__name__,
+            "config": getattr(cls, "config", None) or repr(cls),
+            "fit": fit_args if trained else {},
+            "embeddings": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+            "shape": list(x.shape),
+            "moc_fast": mf.__version__,
+            "format": CODES_CACHE_VERSION,
+        }
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
+        tag = f"{self.name}-{family}-{scale}-s{seed}-{digest.hexdigest()[:16]}"
         cache = cache_dir() / "codes" / f"{tag}.npz"  # large: kept out of the results folder
         if cache.exists():
             z = np.load(cache, allow_pickle=False)
@@ -168,17 +210,13 @@ class StudyData:
             return self._codes[key]
         from moc_fast.metrics import index_report
 
-        x = self.embeddings()
-        k = min(self.cfg.codebook_size, len(x))
-        cls = build_indexer(family, scale, k)
-        trained = family in ("moc", "rqvae")
         cls.fit(
             x,
-            epochs=self.cfg.index_epochs if trained else None,
-            batch_size=max(self.cfg.index_batch_size, k),
+            epochs=fit_args["epochs"] if trained else None,
+            batch_size=fit_args["batch_size"],
             device=self.cfg.device,
             progress=self.cfg.progress,
-            **({"desc": f"{self.name} {family} {scale}x indexer"} if trained else {}),
+            **({"desc": f"{self.name} {family} {scale}x seed {seed} indexer"} if trained else {}),
         )
         if trained:
             cls.cpu()
@@ -247,7 +285,7 @@ def train_cell(
     popularity). `codes` (items × M) replaces the study's own indexer for a code method."""
     from moc_fast.data.protocol import popularity_scores
     from moc_fast.nn import CTRModel
-    from moc_fast.train import auc_score, evaluate, fit_ctr
+    from moc_fast.train import auc_by_item_count, auc_score, evaluate, fit_ctr, predict
 
     cfg, sp = ds.cfg, ds.splits
     row: dict[str, Any] = {
@@ -259,9 +297,12 @@ def train_cell(
     }
     start = time.perf_counter()  # train + test only: indexers are built outside (and cached)
     if method == "popularity":
+        test_scores = popularity_scores(sp, sp.test)
+        counts = ds.item_counts[sp.test.extra["items"].numpy()]
+        row.update(auc_by_item_count(sp.test.y.numpy(), test_scores, counts))
         row.update(
             val_auc=auc_score(sp.val.y.numpy(), popularity_scores(sp, sp.val)),
-            test_auc=auc_score(sp.test.y.numpy(), popularity_scores(sp, sp.test)),
+            test_auc=auc_score(sp.test.y.numpy(), test_scores),
             test_logloss=math.nan,
             best_epoch=0,
             epochs=0,
@@ -272,16 +313,22 @@ def train_cell(
         "field_dims": sp.field_dims,
         "embed_dim": cfg.embed_dim,
         "backbone": backbone,
+        "backbone_kwargs": {"dropout": cfg.dropout},
     }
     dense = None
     if method == "text-mlp":
         dense = ds.embeddings()
         model_cfg["dense_dim"] = dense.shape[1]
     elif method == "me":
-        model_cfg["num_sets"] = scale
+        # Guo et al.'s ME scales every field, the semantic code of the 1x indexer included.
+        if codes is None:
+            codes, metrics = ds.codes("moc", 1, seed)
+        row.update(metrics or {})
+        model_cfg.update(num_sets=scale, num_codebooks=codes.shape[1],
+                         codebook_size=int(codes.max()) + 1, fusion="none")  # fmt: skip
     elif method in FAMILY:
         if codes is None:
-            codes, metrics = ds.codes(FAMILY[method], scale)
+            codes, metrics = ds.codes(FAMILY[method], scale, seed)
         elif len(codes) != ds.data.num_items:
             raise ValueError(
                 f"codes has {len(codes)} rows but {ds.name} has {ds.data.num_items} items "
@@ -294,8 +341,9 @@ def train_cell(
             fusion=fusion(method),
         )
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    model = CTRModel.from_config(model_cfg)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG untouched
+        torch.manual_seed(seed)
+        model = CTRModel.from_config(model_cfg)
     train, val, test = (_with_items(p, codes, dense) for p in (sp.train, sp.val, sp.test))
     hist = fit_ctr(
         model,
@@ -309,8 +357,12 @@ def train_cell(
         device=cfg.device,
         progress=cfg.progress,
         desc=cell_label(row),
+        embedding_l2=cfg.embedding_l2,
+        net_l2=cfg.net_l2,
     )
     res = evaluate(model, test)
+    counts = ds.item_counts[test.extra["items"].numpy()]
+    row.update(auc_by_item_count(test.y.numpy(), predict(model, test), counts))
     row.update(
         val_auc=hist["best_val_auc"],
         test_auc=res["auc"],
@@ -320,12 +372,50 @@ def train_cell(
         val_curve=[h["val_auc"] for h in hist["history"]],  # in memory only, not in the CSV
         seconds=round(time.perf_counter() - start, 2),
     )
-    if codes is not None:
-        table = model.codes.tables.detach().cpu().reshape(-1, cfg.embed_dim).numpy()
-        ia, spectrum = information_abundance(table)
-        row["info_abundance"] = ia
-        atomic_save_npy(Path(cfg.out) / "spectra" / spectrum_name(row), spectrum)
+    for rep, (ia, spectrum) in representation_abundance(model, codes, method).items():
+        row[IA_COLUMNS[rep]] = ia
+        atomic_save_npy(Path(cfg.out) / "spectra" / spectrum_name(row, rep), spectrum)
     return row, model
+
+
+# Information abundance per representation -> results.csv column.
+IA_COLUMNS = {
+    "codes": "info_abundance",  # the code tables (RQ-VAE: without the collision table)
+    "collision": "ia_collision",  # RQ-VAE's collision-code table, reported apart
+    "fused": "ia_fused",  # each item's code representation as the backbone sees it
+    "item_id": "ia_item_id",  # the item-ID table, for reference
+}
+
+
+@torch.no_grad()
+def representation_abundance(model, codes: np.ndarray | None, method: str) -> dict:
+    """IA and normalised spectrum of each representation the model has of items: the code
+    tables (without RQ-VAE's collision table, which is reported apart), the fused item
+    representation over all items (after MoC fusion; the concatenated levels for RQ-VAE) and
+    the item-ID table. ME models are measured on their first embedding set."""
+    out = {}
+    fields = model.fields.sets[0] if model.num_sets > 1 else model.fields
+    e = fields.embed_dim
+    item_rows = fields.table.weight[fields.offsets[1] : fields.offsets[1] + fields.field_dims[1]]
+    out["item_id"] = information_abundance(item_rows.detach().cpu().numpy())
+    if codes is None:
+        return out
+    collision = method == "rqvae"
+    levels = codes.shape[1] - int(collision)
+    if model.codes is not None:  # MoC / RQ-VAE / k-means codes through MoCEmbedding
+        tables = model.codes.tables.detach().cpu().float()
+        fused = model.codes.cpu()(torch.from_numpy(codes)).float()  # (items, M, e)
+    else:  # ME: the code fields are the last ordinary fields of the first set
+        start = fields.offsets[-codes.shape[1]]
+        k = fields.field_dims[-1]
+        tables = fields.table.weight[start:].detach().cpu().float().reshape(codes.shape[1], k, e)
+        offs = (torch.arange(codes.shape[1]) * k)[None]
+        fused = fields.table.weight[start:][torch.from_numpy(codes) + offs].float()
+    out["codes"] = information_abundance(tables[:levels].reshape(-1, e).numpy())
+    if collision:
+        out["collision"] = information_abundance(tables[levels:].reshape(-1, e).numpy())
+    out["fused"] = information_abundance(fused[:, :levels].reshape(len(codes), -1).numpy())
+    return out
 
 
 def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:

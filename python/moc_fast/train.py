@@ -93,6 +93,41 @@ def evaluate(model: nn.Module, data: CTRData, batch_size: int = 16384) -> dict[s
     return {"auc": auc_score(y, p), "logloss": logloss}
 
 
+def _regularised(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """(embedding tables, other weight matrices): `model.embedding_parameters()` where the
+    model names its tables (CTRModel does), else none are embeddings."""
+    named = getattr(model, "embedding_parameters", None)
+    emb = list(named()) if named else []
+    ids = {id(p) for p in emb}
+    net = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in ids]
+    return emb, net
+
+
+def _l2(params: list[Tensor], lam: float) -> Tensor | float:
+    return lam * sum(p.pow(2).sum() for p in params) if lam and params else 0.0
+
+
+def items_by_training_count(splits_train: CTRData, num_items: int) -> np.ndarray:
+    """Each item's number of training positives."""
+    items = splits_train.extra["items"][splits_train.y > 0].numpy()
+    return np.bincount(items, minlength=num_items)
+
+
+COLD_BUCKETS = {"auc_items_0": (0, 0), "auc_items_1_2": (1, 2), "auc_items_3_9": (3, 9),
+                "auc_items_10plus": (10, None)}  # fmt: skip
+
+
+def auc_by_item_count(y: np.ndarray, p: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """AUC among the samples whose item had 0, 1–2, 3–9 or ≥ 10 training positives (NaN where a
+    bucket lacks positives or negatives): how each method does on cold items."""
+    out = {}
+    for name, (lo, hi) in COLD_BUCKETS.items():
+        keep = (counts >= lo) & (counts <= (hi if hi is not None else counts.max()))
+        yk = y[keep]
+        out[name] = auc_score(yk, p[keep]) if 0 < yk.sum() < len(yk) else math.nan
+    return out
+
+
 def early_stop(val_curve: list[float], patience: int) -> tuple[int, int]:
     """(best epoch, epochs run) that `fit_ctr`'s rule gives on a validation-AUC curve
     (epochs from 1): stop `patience` epochs after the last improvement."""
@@ -119,10 +154,14 @@ def fit_ctr(
     progress: bool = True,
     amp: bool = True,
     desc: str = "fit_ctr",
+    embedding_l2: float = 0.0,
+    net_l2: float = 0.0,
 ) -> dict[str, Any]:
     """Adam + BCE; stop after `patience` epochs without a better validation AUC and restore
     the best weights. Returns the history (per-epoch loss / val AUC) and the best epoch.
-    `desc` labels the progress (one step per epoch; a batch bar too on a terminal)."""
+    `desc` labels the progress (one step per epoch; a batch bar too on a terminal).
+    `embedding_l2` / `net_l2` add λ·Σ‖θ‖² over the embedding tables / the other weight
+    matrices to the loss (FuxiCTR's `embedding_regularizer` / `net_regularizer`)."""
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"train and val must be non-empty, got {len(train)} and {len(val)}")
     dev = (
@@ -132,48 +171,54 @@ def fit_ctr(
     )
     model.to(dev)
     tr = train.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    use_amp = amp and dev.type == "cuda"
-    best = {"auc": -1.0, "epoch": 0, "state": None}
-    history = []
-    start = time.perf_counter()
-    epochs_bar = Progress(epochs, desc, progress)
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total, batches = 0.0, 0
-        perm = torch.randperm(len(tr), generator=gen).to(dev)
-        chunks = perm.split(batch_size)
-        bar = Progress(len(chunks), f"{desc} epoch {epoch}", progress, plain=False)
-        for b, idx in enumerate(chunks):
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(*tr.inputs(idx))
-            loss = F.binary_cross_entropy_with_logits(logits.float(), tr.y[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at epoch {epoch}, batch {b}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            batches += 1
-            bar.update()
-        bar.close()
-        val_auc = evaluate(model, val)["auc"]
-        history.append({"epoch": epoch, "train_loss": total / batches, "val_auc": val_auc})
-        log.info("epoch %d: train loss %.4f, val AUC %.4f", epoch, total / batches, val_auc)
-        epochs_bar.update(1, loss=f"{total / batches:.4f}", val_auc=f"{val_auc:.4f}")
-        if val_auc > best["auc"]:
-            best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-        elif epoch - best["epoch"] >= patience:
-            break
-    epochs_bar.close()
-    model.load_state_dict(best["state"])
-    return {
-        "best_epoch": best["epoch"],
-        "best_val_auc": best["auc"],
-        "epochs_run": len(history),
-        "history": history,
-        "seconds": time.perf_counter() - start,
-    }
+    # Dropout draws from the global RNG: seed it for this run only (restored afterwards).
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        emb_params, net_params = _regularised(model)
+        gen = torch.Generator().manual_seed(seed)
+        use_amp = amp and dev.type == "cuda"
+        best = {"auc": -1.0, "epoch": 0, "state": None}
+        history = []
+        start = time.perf_counter()
+        epochs_bar = Progress(epochs, desc, progress)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            total, batches = 0.0, 0
+            perm = torch.randperm(len(tr), generator=gen).to(dev)
+            chunks = perm.split(batch_size)
+            bar = Progress(len(chunks), f"{desc} epoch {epoch}", progress, plain=False)
+            for b, idx in enumerate(chunks):
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(*tr.inputs(idx))
+                loss = F.binary_cross_entropy_with_logits(logits.float(), tr.y[idx])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at epoch {epoch}, batch {b}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                reg = _l2(emb_params, embedding_l2) + _l2(net_params, net_l2)
+                (loss + reg).backward()
+                opt.step()
+                total += loss.item()
+                batches += 1
+                bar.update()
+            bar.close()
+            val_auc = evaluate(model, val)["auc"]
+            history.append({"epoch": epoch, "train_loss": total / batches, "val_auc": val_auc})
+            log.info("epoch %d: train loss %.4f, val AUC %.4f", epoch, total / batches, val_auc)
+            epochs_bar.update(1, loss=f"{total / batches:.4f}", val_auc=f"{val_auc:.4f}")
+            if val_auc > best["auc"]:
+                best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            elif epoch - best["epoch"] >= patience:
+                break
+        epochs_bar.close()
+        model.load_state_dict(best["state"])
+        return {
+            "best_epoch": best["epoch"],
+            "best_val_auc": best["auc"],
+            "epochs_run": len(history),
+            "history": history,
+            "seconds": time.perf_counter() - start,
+        }

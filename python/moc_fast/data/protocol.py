@@ -23,6 +23,7 @@ from moc_fast.train import CTRData
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("brand", "category")
+SAMPLERS = ("uniform", "split-matched")
 PROTOCOL_VERSION = 1  # bump when build_ctr's output changes for the same inputs
 
 
@@ -63,20 +64,35 @@ def split_positions(
 
 
 def sample_negatives(
-    data: Interactions, users: np.ndarray, per_positive: int, rng: np.random.Generator
+    data: Interactions,
+    users: np.ndarray,
+    per_positive: int,
+    rng: np.random.Generator,
+    pool: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`per_positive` items per entry of `users`, uniformly among items the user never
-    interacted with (in the whole data set). Vectorised rejection sampling."""
+    """`per_positive` items per entry of `users` that the user never interacted with (in the
+    whole data set): uniform over the catalogue, or drawn from `pool` (items with repeats, e.g.
+    a split's positives, so the negatives follow their popularity). Rejection sampling."""
     seen = np.unique(data.users * data.num_items + data.items)
     if np.any(np.bincount(data.users, minlength=data.num_users) >= data.num_items):
         raise ValueError("a user interacted with every item: no negative can be sampled")
+
+    def draw(n: int) -> np.ndarray:
+        if pool is None:
+            return rng.integers(0, data.num_items, n)
+        return pool[rng.integers(0, len(pool), n)]
+
     u = np.repeat(users, per_positive)
-    items = rng.integers(0, data.num_items, len(u))
-    while True:
+    items = draw(len(u))
+    for _ in range(1000):
         bad = np.isin(u * data.num_items + items, seen, assume_unique=False)
         if not bad.any():
             return u, items
-        items[bad] = rng.integers(0, data.num_items, int(bad.sum()))
+        items[bad] = draw(int(bad.sum()))
+    raise ValueError(
+        f"{int(bad.sum())} negatives could not be drawn from the pool of {len(pool)} items: "
+        "their users interacted with (nearly) every item in it"
+    )
 
 
 def build_ctr(
@@ -85,32 +101,47 @@ def build_ctr(
     seed: int = 0,
     attributes: tuple[str, ...] = ATTRIBUTES,
     cache: bool = False,
+    sampler: str = "uniform",
 ) -> CTRSplits:
     """Train / val / test CTR samples. Fields: user_id, item_id, then each attribute present.
     `CTRData.extra["items"]` holds each sample's item index, to join item codes or text.
+
+    `sampler="uniform"`: negatives uniform over the catalogue (Guo et al.'s protocol; with
+    leave-last-out the held-out item is colder than a random one, so popularity can be
+    anti-predictive). `"split-matched"`: each negative is another user's positive from the same
+    split that this user never touched, so negatives follow the positives' item popularity,
+    popularity scores ≈ 0.5 and AUC measures personalisation.
     With `cache`, samples are read from / written to disk, keyed by all of the inputs."""
     if negatives < 1:
         raise ValueError(f"negatives must be >= 1, got {negatives}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if not cache:
-        return _build_ctr(data, negatives, seed, attributes)
-    path = cache_dir() / "ctr" / f"{ctr_key(data, negatives, seed, attributes)}.npz"
+        return _build_ctr(data, negatives, seed, attributes, sampler)
+    key = ctr_key(data, negatives, seed, attributes, sampler)
+    path = cache_dir() / "ctr" / f"{key}.npz"
     if path.exists():
         try:
             return _load_splits(path)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("rebuilding CTR samples: cached %s unreadable (%s)", path, exc)
-    splits = _build_ctr(data, negatives, seed, attributes)
+    splits = _build_ctr(data, negatives, seed, attributes, sampler)
     atomic_save_npz(path, **_split_arrays(splits))
     log.info("cached CTR samples of %s at %s", data.name, path)
     return splits
 
 
 def ctr_key(
-    data: Interactions, negatives: int, seed: int, attributes: tuple[str, ...] = ATTRIBUTES
+    data: Interactions,
+    negatives: int,
+    seed: int,
+    attributes: tuple[str, ...] = ATTRIBUTES,
+    sampler: str = "uniform",
 ) -> str:
     """A hash of everything `build_ctr` reads."""
     h = hashlib.sha256()
-    h.update(json.dumps([PROTOCOL_VERSION, negatives, seed, list(attributes)]).encode())
+    spec = [PROTOCOL_VERSION, negatives, seed, list(attributes)]
+    h.update(json.dumps(spec + ([sampler] if sampler != "uniform" else [])).encode())
     for a in (data.users, data.items, data.order, data.timestamps):
         h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
     h.update(json.dumps([data.num_users, data.num_items]).encode())
@@ -147,7 +178,7 @@ def _load_splits(path) -> CTRSplits:
 
 
 def _build_ctr(
-    data: Interactions, negatives: int, seed: int, attributes: tuple[str, ...]
+    data: Interactions, negatives: int, seed: int, attributes: tuple[str, ...], sampler: str
 ) -> CTRSplits:
     rng = np.random.default_rng(seed)
     attr_cols, names, dims = [], ["user_id", "item_id"], [data.num_users, data.num_items]
@@ -162,7 +193,8 @@ def _build_ctr(
     parts = []
     for idx in split_positions(data):
         pu, pi = data.users[idx], data.items[idx]
-        nu, ni = sample_negatives(data, pu, negatives, rng)
+        pool = pi if sampler == "split-matched" else None
+        nu, ni = sample_negatives(data, pu, negatives, rng, pool)
         u, i = np.r_[pu, nu], np.r_[pi, ni]
         y = np.r_[np.ones(len(pu)), np.zeros(len(nu))].astype(np.float32)
         perm = rng.permutation(len(u))

@@ -115,9 +115,11 @@ class VQIndexer(nn.Module, Indexer):
             self.build(input_dim)
 
     def build(self, input_dim: int) -> None:
-        torch.manual_seed(self.seed)
+        """Create the layers, initialised from `seed`; the global RNG is left as it was."""
         self.input_dim = int(input_dim)
-        self._build_modules(self.input_dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self._build_modules(self.input_dim)
         self._built = True
 
     def _build_modules(self, input_dim: int) -> None:

@@ -65,6 +65,7 @@ class VectorQuantizer(nn.Module):
         self.restart_after, self.kmeans_init, self.seed = restart_after, kmeans_init, seed
         gen = torch.Generator().manual_seed(seed)
         init = torch.randn(codebook_size, dim, generator=gen) / dim**0.5
+        self._restart_gen = torch.Generator().manual_seed(seed + 1)  # dead-code restarts
         self.codebook = nn.Parameter(init, requires_grad=not ema)
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.long))
@@ -131,7 +132,8 @@ class VectorQuantizer(nn.Module):
         if self.restart_after > 0:
             dead = torch.nonzero(self.idle_steps >= self.restart_after).flatten()
             if len(dead):
-                pick = torch.randint(0, len(flat), (len(dead),), device=flat.device)
+                pick = torch.randint(0, len(flat), (len(dead),), generator=self._restart_gen)
+                pick = pick.to(flat.device)
                 self.codebook.data[dead] = flat[pick]
                 self.ema_sum[dead] = flat[pick]
                 self.ema_count[dead] = 1.0

@@ -72,8 +72,11 @@ def moc_embedding_torch(
     activation: str = "relu",
 ) -> Tensor:
     """Reference: codes (B, M) int64, tables (M, K, e), w_down (M·e, r), w_up (r, M·e)."""
-    m = tables.shape[0]
-    emb = tables[torch.arange(m, device=codes.device), codes]  # 'b m -> b m e'
+    m, k, _ = tables.shape
+    # 'b m -> b m e' as one embedding lookup into the stacked tables: its CPU backward gives
+    # the same bits with any thread count (advanced indexing's accumulate did not).
+    offsets = torch.arange(m, device=codes.device) * k
+    emb = F.embedding(codes + offsets, tables.reshape(m * k, -1))
     if mode == "none":
         return emb
     b, _, e = emb.shape

@@ -1,8 +1,13 @@
 """CTR backbones over field embeddings `(B, F, e)`.
 
-Each splits into `interact(E) -> representation` and `head(representation) -> logit (B,)`,
-so that Multi-Embedding mode can run one interaction module per embedding set, average their
-outputs and share the head (Guo et al., ICML 2024). `num_sets=1` is the plain model.
+Each backbone is a per-set module — the feature interaction and the first hidden layer of the
+deep network, with their own parameters — followed by a shared head (the remaining hidden
+layers and the logit). With `num_sets = s > 1` (Multi-Embedding, Guo et al., ICML 2024, after
+their code: thuml/Multi-Embedding `torchfm/model/*.py`) each of the s embedding sets goes
+through its own per-set module, the s outputs are averaged, and the shared head follows; with
+`num_sets = 1` it is exactly the plain model. So every backbone in ME mode has per-set
+interaction parameters: DNN and IPNN their first layer (IPNN's product layer feeds it), DCNv2
+its cross network, AutoInt+ its attention, DeepFM its FM/linear terms and first deep layer.
 """
 
 from __future__ import annotations
@@ -16,18 +21,35 @@ from moc_fast.nn.layers import MLP, CrossNetV2, MultiHeadSelfAttention, fm_vecto
 class Backbone(nn.Module):
     """`forward(E)`: E is `(B, F, e)`, or `(S, B, F, e)` for S embedding sets in ME mode."""
 
-    def __init__(self, num_fields: int, embed_dim: int, num_sets: int = 1) -> None:
+    def __init__(
+        self,
+        num_fields: int,
+        embed_dim: int,
+        num_sets: int = 1,
+        hidden: tuple[int, ...] = (400, 400),
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         if num_sets < 1:
             raise ValueError(f"num_sets must be >= 1, got {num_sets}")
+        if not hidden:
+            raise ValueError("hidden must have at least one layer (its first is per set in ME)")
         self.num_fields, self.embed_dim, self.num_sets = num_fields, embed_dim, num_sets
+        self.hidden, self.dropout = tuple(hidden), dropout
         self.interactions = nn.ModuleList(self.make_interaction() for _ in range(num_sets))
+        self.mlp = MLP(self.hidden[0], self.hidden[1:], dropout)
+
+    def interaction(self) -> tuple[nn.Module, int]:
+        """The feature interaction of one set and its output width."""
+        raise NotImplementedError
 
     def make_interaction(self) -> nn.Module:
-        raise NotImplementedError
+        module, width = self.interaction()
+        first = nn.Sequential(nn.Linear(width, self.hidden[0]), nn.ReLU(), nn.Dropout(self.dropout))
+        return nn.Sequential(module, first)
 
     def head(self, h: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self.mlp(h)
 
     def forward(self, emb: Tensor) -> Tensor:
         sets = emb if emb.dim() == 4 else emb.unsqueeze(0)
@@ -51,38 +73,35 @@ class _Flatten(nn.Module):
 class DNN(Backbone):
     """Flattened embeddings into an MLP."""
 
-    def __init__(self, num_fields, embed_dim, num_sets=1, hidden=(400, 400), dropout=0.2):
-        super().__init__(num_fields, embed_dim, num_sets)
-        self.mlp = MLP(num_fields * embed_dim, hidden, dropout)
-
-    def make_interaction(self):
-        return _Flatten()
-
-    def head(self, h):
-        return self.mlp(h)
+    def interaction(self):
+        return _Flatten(), self.num_fields * self.embed_dim
 
 
-class _FMAndFlat(nn.Module):
+class _DeepFMSet(nn.Module):
+    """One set of DeepFM: the first-order linear term plus the summed FM term (a scalar) and
+    the first deep layer on the flattened embeddings: `(B, F, e) -> (B, 1 + hidden[0])`."""
+
+    def __init__(self, num_fields: int, embed_dim: int, hidden0: int, dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(num_fields * embed_dim, 1)
+        self.first = nn.Sequential(
+            nn.Linear(num_fields * embed_dim, hidden0), nn.ReLU(), nn.Dropout(dropout)
+        )
+
     def forward(self, e: Tensor) -> Tensor:
-        return torch.cat([fm_vector(e), e.flatten(1)], dim=-1)  # (B, e + F·e)
+        flat = e.flatten(1)
+        wide = fm_vector(e).sum(-1, keepdim=True) + self.linear(flat)
+        return torch.cat([wide, self.first(flat)], dim=-1)
 
 
 class DeepFM(Backbone):
-    """FM second-order term + first-order linear term + deep MLP, summed (Guo et al., 2017).
-    The interaction output is [FM vector, flattened embeddings]; the head sums the FM vector
-    and adds the linear and deep parts of the flattened embeddings."""
-
-    def __init__(self, num_fields, embed_dim, num_sets=1, hidden=(400, 400), dropout=0.2):
-        super().__init__(num_fields, embed_dim, num_sets)
-        self.linear = nn.Linear(num_fields * embed_dim, 1)
-        self.mlp = MLP(num_fields * embed_dim, hidden, dropout)
+    """FM second-order term + first-order linear term + deep MLP, summed (Guo et al., 2017)."""
 
     def make_interaction(self):
-        return _FMAndFlat()
+        return _DeepFMSet(self.num_fields, self.embed_dim, self.hidden[0], self.dropout)
 
     def head(self, h):
-        fm, flat = h[:, : self.embed_dim], h[:, self.embed_dim :]
-        return fm.sum(-1) + self.linear(flat).squeeze(-1) + self.mlp(flat)
+        return h[:, 0] + self.mlp(h[:, 1:])
 
 
 class DCNv2(Backbone):
@@ -92,21 +111,16 @@ class DCNv2(Backbone):
         self, num_fields, embed_dim, num_sets=1, cross_layers=3, hidden=(400, 400), dropout=0.2
     ):
         self.cross_layers = cross_layers
-        super().__init__(num_fields, embed_dim, num_sets)
-        self.mlp = MLP(num_fields * embed_dim, hidden, dropout)
+        super().__init__(num_fields, embed_dim, num_sets, hidden, dropout)
 
-    def make_interaction(self):
-        return nn.Sequential(
-            _Flatten(), CrossNetV2(self.num_fields * self.embed_dim, self.cross_layers)
-        )
-
-    def head(self, h):
-        return self.mlp(h)
+    def interaction(self):
+        width = self.num_fields * self.embed_dim
+        return nn.Sequential(_Flatten(), CrossNetV2(width, self.cross_layers)), width
 
 
 class AutoIntPlus(Backbone):
     """Multi-head self-attention over fields (Song et al., 2019) plus a DNN on the raw
-    embeddings ("+"); the attention output and the embeddings feed the head."""
+    embeddings ("+"); the attention output and the embeddings feed the deep network."""
 
     def __init__(
         self,
@@ -121,15 +135,11 @@ class AutoIntPlus(Backbone):
     ):
         self.attention_layers, self.heads = attention_layers, heads
         self.attention_dim = attention_dim or embed_dim
-        super().__init__(num_fields, embed_dim, num_sets)
-        width = num_fields * (self.attention_dim + embed_dim)
-        self.mlp = MLP(width, hidden, dropout)
+        super().__init__(num_fields, embed_dim, num_sets, hidden, dropout)
 
-    def make_interaction(self):
-        return _AutoIntBlock(self.embed_dim, self.attention_dim, self.heads, self.attention_layers)
-
-    def head(self, h):
-        return self.mlp(h)
+    def interaction(self):
+        block = _AutoIntBlock(self.embed_dim, self.attention_dim, self.heads, self.attention_layers)
+        return block, self.num_fields * (self.attention_dim + self.embed_dim)
 
 
 class _AutoIntBlock(nn.Module):
@@ -150,16 +160,9 @@ class _AutoIntBlock(nn.Module):
 class IPNN(Backbone):
     """Product-based network with inner products of all field pairs (Qu et al., 2016)."""
 
-    def __init__(self, num_fields, embed_dim, num_sets=1, hidden=(400, 400), dropout=0.2):
-        super().__init__(num_fields, embed_dim, num_sets)
-        pairs = num_fields * (num_fields - 1) // 2
-        self.mlp = MLP(num_fields * embed_dim + pairs, hidden, dropout)
-
-    def make_interaction(self):
-        return _InnerProducts()
-
-    def head(self, h):
-        return self.mlp(h)
+    def interaction(self):
+        pairs = self.num_fields * (self.num_fields - 1) // 2
+        return _InnerProducts(), self.num_fields * self.embed_dim + pairs
 
 
 class _InnerProducts(nn.Module):

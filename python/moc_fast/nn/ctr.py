@@ -17,7 +17,7 @@ from moc_fast.nn.backbones import make_backbone
 from moc_fast.nn.embeddings import FieldEmbedding, MultiEmbedding
 from moc_fast.nn.moc_embedding import MoCEmbedding
 
-CTR_FORMAT_VERSION = 1
+CTR_FORMAT_VERSION = 2  # 2: backbones split into per-set modules + shared head
 
 
 class CTRModel(nn.Module):
@@ -116,6 +116,11 @@ class CTRModel(nn.Module):
             parts.append(self.dense(dense).unsqueeze(1))
         return self.backbone(torch.cat(parts, 1))
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The embedding tables (ordinary fields, every ME set, the code tables)."""
+        tables = [m.table.weight for m in self.fields.modules() if isinstance(m, FieldEmbedding)]
+        return tables + ([self.codes.tables] if self.codes is not None else [])
+
     def save(self, path: str | Path) -> None:
         """safetensors weights + the config as JSON metadata, written atomically."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -131,9 +136,13 @@ class CTRModel(nn.Module):
             meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["moc_fast_ctr"])
         except Exception as exc:
             raise ValueError(f"{path} is not a valid moc_fast CTR model file") from exc
-        if meta.get("format_version", 0) > CTR_FORMAT_VERSION:
+        version = meta.get("format_version", 0)
+        if version > CTR_FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer moc_fast (format {version})")
+        if version < CTR_FORMAT_VERSION:
             raise ValueError(
-                f"{path} was written by a newer moc_fast (format {meta['format_version']})"
+                f"{path} is format {version}, from before the backbones were split into per-set "
+                f"modules and a shared head (format {CTR_FORMAT_VERSION}): retrain the model"
             )
         model = cls.from_config(meta["config"])
         model.load_state_dict(tensors)
