@@ -441,3 +441,8 @@ def test_engine_and_torch_codes_agree_except_on_near_ties_at_a_million_rows(metr
     gap = np.abs(exact[rows, ours[diff]] - exact[rows, theirs[diff]])
     scale = (x64**2).sum(1) + (c64**2).sum(1)[ours[diff]]
     assert np.all(gap <= TIE_MARGIN * scale), (gap / scale).max()
+
+
+def test_dir_lists_the_lazily_loaded_names():
+    names = dir(mf)
+    assert {"MoCIndexer", "load_indexer", "MoCEmbedding", "CTRModel", "assign"} <= set(names)
