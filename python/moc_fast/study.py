@@ -285,7 +285,7 @@ def train_cell(
     popularity). `codes` (items × M) replaces the study's own indexer for a code method."""
     from moc_fast.data.protocol import popularity_scores
     from moc_fast.nn import CTRModel
-    from moc_fast.train import auc_by_item_count, auc_score, evaluate, fit_ctr, predict
+    from moc_fast.train import auc_by_item_count, auc_score, fit_ctr, predict, score_predictions
 
     cfg, sp = ds.cfg, ds.splits
     row: dict[str, Any] = {
@@ -360,9 +360,10 @@ def train_cell(
         embedding_l2=cfg.embedding_l2,
         net_l2=cfg.net_l2,
     )
-    res = evaluate(model, test)
+    probs = predict(model, test)
+    res = score_predictions(test.y.numpy(), probs)
     counts = ds.item_counts[test.extra["items"].numpy()]
-    row.update(auc_by_item_count(test.y.numpy(), predict(model, test), counts))
+    row.update(auc_by_item_count(test.y.numpy(), probs, counts))
     row.update(
         val_auc=hist["best_val_auc"],
         test_auc=res["auc"],
@@ -404,7 +405,8 @@ def representation_abundance(model, codes: np.ndarray | None, method: str) -> di
     levels = codes.shape[1] - int(collision)
     if model.codes is not None:  # MoC / RQ-VAE / k-means codes through MoCEmbedding
         tables = model.codes.tables.detach().cpu().float()
-        fused = model.codes.cpu()(torch.from_numpy(codes)).float()  # (items, M, e)
+        dev = model.codes.tables.device
+        fused = model.codes(torch.from_numpy(codes).to(dev)).float().cpu()  # (items, M, e)
     else:  # ME: the code fields are the last ordinary fields of the first set
         start = fields.offsets[-codes.shape[1]]
         k = fields.field_dims[-1]

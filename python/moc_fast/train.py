@@ -85,8 +85,11 @@ def predict(model: nn.Module, data: CTRData, batch_size: int = 16384) -> np.ndar
 
 def evaluate(model: nn.Module, data: CTRData, batch_size: int = 16384) -> dict[str, float]:
     """Test AUC and logloss."""
-    p = predict(model, data, batch_size)
-    y = data.y.float().cpu().numpy()
+    return score_predictions(data.y.float().cpu().numpy(), predict(model, data, batch_size))
+
+
+def score_predictions(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """AUC and logloss of click probabilities `p` against labels `y`."""
     eps = 1e-7
     pc = np.clip(p, eps, 1 - eps)
     logloss = float(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean())
