@@ -112,6 +112,8 @@ def _study_config(args: argparse.Namespace, base: dict):
     return StudyConfig.from_dict(cfg)
 
 
+REPORT_ROWS = 100_000  # `index` reports code quality on at most this many sampled items
+
 DEMO = {
     "datasets": ["synthetic"],
     "methods": ["popularity", "id-only", "me", "rqvae", "moc-gate"],
@@ -165,22 +167,35 @@ def _load_npy(path: str, what: str) -> np.ndarray:
         raise ValueError(f"{what} {path} is not a readable .npy file: {exc}") from exc
 
 
+def _embedding_source(path: str, column: str, what: str):
+    from moc_fast.index.sources import as_source
+
+    try:
+        return as_source(path, name=what, column=column)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{what} {path} does not exist") from exc
+
+
 def _index(args: argparse.Namespace) -> int:
+    from moc_fast.index.sources import seeded_sample
     from moc_fast.metrics import format_report, index_report
     from moc_fast.study import build_indexer
 
     method = canonical(args.method)
     if method not in FAMILY:
         raise ValueError(f"--method {method!r} has no indexer: expected one of {INDEXED}")
-    x = np.array(_load_npy(args.embeddings, "--embeddings"), dtype=np.float32)  # in memory
+    source = _embedding_source(args.embeddings, args.column, "--embeddings")
     idx = build_indexer(FAMILY[method], args.scale, args.codebook_size, args.seed)
     trained = FAMILY[method] in ("moc", "rqvae")
     kwargs = dict(epochs=args.epochs, device=args.device) if trained else {}
-    idx.fit(x, progress=not args.quiet, **kwargs)
+    idx.fit(source, progress=not args.quiet, **kwargs)  # streamed: memory bounded by batches
     if trained:
         idx.cpu()
     idx.save(args.out)
-    print(format_report({f"{method} {args.scale}x": index_report(idx, x)}))
+    sample = seeded_sample(source, REPORT_ROWS, args.seed)
+    label = f"{method} {args.scale}x" + (f", on {len(sample)} sampled items" if
+                                         len(sample) < (source.num_rows or 0) else "")  # fmt: skip
+    print(format_report({label: index_report(idx, sample)}))
     print(f"saved {args.out}")
     return 0
 
@@ -189,8 +204,8 @@ def _encode(args: argparse.Namespace) -> int:
     from moc_fast.index import load_indexer
 
     idx = load_indexer(args.indexer)
-    x = _load_npy(args.input, "--input")
-    codes = idx.encode(x)  # one call: the collision suffix is global over all items
+    x = _embedding_source(args.input, args.column, "--input")
+    codes = idx.encode(x)  # streamed; the collision suffix is one global pass over all items
     out = args.out if args.out.endswith(".npy") else args.out + ".npy"
     atomic_save_npy(out, codes)
     print(f"{type(idx).__name__}: {codes.shape[0]} items x {codes.shape[1]} codes -> {out}")
@@ -319,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=_embed)
 
     index = verb("index", "train an indexer on item embeddings and save it")
-    index.add_argument("--embeddings", required=True, help=".npy of (N, D) item embeddings")
+    index.add_argument("--embeddings", required=True,
+                       help=".npy of (N, D) embeddings (memory-mapped), or parquet")  # fmt: skip
+    index.add_argument("--column", default="embedding", help="the parquet embedding column")
     index.add_argument("--method", default="moc", help=f"one of: {INDEXED}")
     index.add_argument("--scale", type=int, default=3,
                        help="codebooks (MoC) or levels (RQ-VAE, RQ-k-means)")  # fmt: skip
@@ -332,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     encode = verb("encode", "turn item embeddings into semantic IDs with a saved indexer")
     encode.add_argument("--indexer", required=True, help="an indexer file from `index`")
-    encode.add_argument("--input", required=True, help=".npy of (N, D) embeddings (mmapped)")
+    encode.add_argument("--input", required=True,
+                        help=".npy of (N, D) embeddings (memory-mapped), or parquet")  # fmt: skip
+    encode.add_argument("--column", default="embedding", help="the parquet embedding column")
     encode.add_argument("--out", required=True, help="the .npy of int64 codes to write")
     encode.set_defaults(func=_encode)
 

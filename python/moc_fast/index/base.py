@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -11,11 +13,37 @@ import torch
 from torch import Tensor, nn
 
 from moc_fast import engine
+from moc_fast.index.sources import EmbeddingSource, as_source
 from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 65_536
+SHUFFLE_BYTES = 256 << 20  # the shuffle buffer of streamed (parquet, iterable) training data
+
+
+def shuffled_batches(
+    source: EmbeddingSource, batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """One pass over `source` in batches shuffled within a buffer of about `SHUFFLE_BYTES`
+    (at least two batches): seeded, so a rerun sees the same batches."""
+    pool: list[np.ndarray] = []
+    held = 0
+    for block in source.blocks():
+        pool.append(block)
+        held += len(block)
+        if held * block.shape[1] * 4 >= SHUFFLE_BYTES and held >= 2 * batch_size:
+            rows = np.concatenate(pool)
+            rows = rows[rng.permutation(len(rows))]
+            full = len(rows) // batch_size * batch_size
+            for s in range(0, full, batch_size):
+                yield rows[s : s + batch_size]
+            pool, held = [rows[full:]], len(rows) - full
+    if held:
+        rows = np.concatenate(pool)
+        rows = rows[rng.permutation(len(rows))]
+        for s in range(0, len(rows), batch_size):
+            yield rows[s : s + batch_size]
 
 
 def as_embeddings(X: Any, input_dim: int | None = None, name: str = "X") -> np.ndarray:
@@ -150,24 +178,33 @@ class VQIndexer(nn.Module, Indexer):
         desc: str | None = None,
     ) -> VQIndexer:
         """Train on item embeddings `X (N, D)`: reconstruction MSE + quantiser losses, Adam.
-        `desc` labels the progress (one step per epoch)."""
-        x = as_embeddings(X, self.input_dim if self._built else None)
+        `desc` labels the progress (one step per epoch).
+
+        `X` is an array, a memory-mapped `.npy`, a parquet path or an iterable of batches
+        (`moc_fast.index.sources`). Arrays and memory maps are shuffled exactly alike (a seeded
+        permutation, rows gathered per batch), so a memory map trains the same model as the
+        array in RAM; parquet and iterables stream through a seeded shuffle buffer
+        (`SHUFFLE_BYTES`). Memory is bounded by the batch and that buffer, not by N.
+        """
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-        if not self._built:
-            self.build(x.shape[1])
         dev = resolve_device(device)
+        epoch_batches = self._epoch_batches(X, batch_size, dev)
+        batches = epoch_batches()
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("X holds no items: nothing to train on")
+        if not self._built:
+            self.build(first.shape[1])
         self.to(dev).train()
-        data = torch.from_numpy(x).to(dev)
         opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
-        gen = torch.Generator().manual_seed(self.seed)
-        n = len(x)
         bar = Progress(epochs, desc or f"{type(self).__name__} epochs", progress)
         start = time.perf_counter()
         recon_loss = qloss = ppl = torch.zeros(())
-        for _ in range(epochs):
-            for idx in torch.randperm(n, generator=gen).split(batch_size):
-                xb = data[idx.to(dev)]
+        n = 0
+        for epoch in range(epochs):
+            for xb in itertools.chain([first], batches) if epoch == 0 else epoch_batches():
+                n += len(xb) if epoch == 0 else 0
                 recon, _, qloss, ppl = self(xb)
                 # Squared error per item (summed over D): with a mean over D, unit-norm text
                 # embeddings give a loss ~1/D that the quantiser losses drown out.
@@ -195,6 +232,43 @@ class VQIndexer(nn.Module, Indexer):
         log.info("%s fitted: %s", type(self).__name__, self.summary)
         return self
 
+    def _epoch_batches(
+        self, X: Any, batch_size: int, dev: torch.device
+    ) -> Callable[[], Iterator[Tensor]]:
+        """A function giving one epoch's shuffled training batches, on `dev`."""
+        source = as_source(X)
+        dim = self.input_dim if self._built else None
+        gen = torch.Generator().manual_seed(self.seed)
+        mem = source.in_memory()
+        if mem is not None:  # already in RAM: keep it on the device once
+            data = torch.from_numpy(as_embeddings(mem, dim)).to(dev)
+
+            def in_ram() -> Iterator[Tensor]:
+                for idx in torch.randperm(len(data), generator=gen).split(batch_size):
+                    yield data[idx.to(dev)]
+
+            return in_ram
+        if dim is not None and source.dim is not None and source.dim != dim:
+            raise ValueError(f"X has {source.dim} columns but this indexer was built for D = {dim}")
+        if source.random_access:
+
+            def gathered() -> Iterator[Tensor]:
+                for idx in torch.randperm(source.num_rows, generator=gen).split(batch_size):
+                    yield torch.from_numpy(source.take(idx.numpy())).to(dev)
+
+            return gathered
+        rng = np.random.default_rng(self.seed)
+
+        def streamed() -> Iterator[Tensor]:
+            for xb in shuffled_batches(source, batch_size, rng):
+                if dim is not None and xb.shape[1] != dim:
+                    raise ValueError(
+                        f"X has {xb.shape[1]} columns but this indexer was built for D = {dim}"
+                    )
+                yield torch.from_numpy(xb).to(dev)
+
+        return streamed
+
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -208,15 +282,16 @@ class VQIndexer(nn.Module, Indexer):
         self._require_fitted()
         if backend not in ("auto", "engine", "torch"):
             raise ValueError(f"backend must be 'auto', 'engine' or 'torch', got {backend!r}")
-        x = as_embeddings(X, self.input_dim)
         dev = self._device()
         use_engine = backend == "engine" or (backend == "auto" and dev.type == "cpu")
         was_training = self.training
         self.eval()
         out = []
-        for s in range(0, len(x), ENCODE_CHUNK):
-            chunk = np.array(x[s : s + ENCODE_CHUNK])  # a writable copy (x may be read-only)
-            z = self.latents(torch.from_numpy(chunk).to(dev))
+        for block in as_source(X).blocks(ENCODE_CHUNK):
+            if block.shape[1] != self.input_dim:
+                raise ValueError(f"X has {block.shape[1]} columns but this indexer was built "
+                                 f"for D = {self.input_dim}")  # fmt: skip
+            z = self.latents(torch.from_numpy(block).to(dev))
             if use_engine:
                 out.append(self._assign_engine(z))
             else:
@@ -246,4 +321,3 @@ class VQIndexer(nn.Module, Indexer):
 
     def _assign_torch(self, z: Tensor) -> Tensor:
         raise NotImplementedError
-

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from moc_fast import engine
-from moc_fast.index.base import Indexer, as_embeddings
+from moc_fast.index.base import ENCODE_CHUNK, Indexer, as_embeddings
+from moc_fast.index.sources import EmbeddingSource, as_source, seeded_sample
 
 
 class _Projection:
@@ -28,6 +29,25 @@ class _Projection:
         self.mean = x64.mean(0)
         cov = np.cov(x64 - self.mean, rowvar=False)
         _, vecs = np.linalg.eigh(np.atleast_2d(cov))
+        self.components = vecs[:, ::-1][:, : self.pca_dim].T.copy()
+
+    def fit_stream(self, source: EmbeddingSource) -> None:
+        """The same PCA from one pass of float64 sums (mean and X^T X), memory O(D^2)."""
+        if self.pca_dim is None:
+            return
+        n, total, gram = 0, None, None
+        for block in source.blocks():
+            b = block.astype(np.float64)
+            total = b.sum(0) if total is None else total + b.sum(0)
+            gram = b.T @ b if gram is None else gram + b.T @ b
+            n += len(b)
+        if n < 2:
+            raise ValueError(f"PCA needs at least 2 items, got {n}")
+        if not 1 <= self.pca_dim <= len(total):
+            raise ValueError(f"pca_dim must be in [1, D = {len(total)}], got {self.pca_dim}")
+        self.mean = total / n
+        cov = (gram - n * np.outer(self.mean, self.mean)) / (n - 1)
+        _, vecs = np.linalg.eigh(cov)
         self.components = vecs[:, ::-1][:, : self.pca_dim].T.copy()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -62,32 +82,84 @@ class _TrainingFree(Indexer):
         batch_size: int | None = None,
         device: Any = None,
         progress: bool = True,
+        sample_size: int | None = None,
+        passes: int = 1,
     ) -> _TrainingFree:
         """Cluster `X (N, D)`. `epochs`, when given, sets the Lloyd iterations; `batch_size`
-        and `device` do not apply (the Rust engine uses all CPU cores on the whole set)."""
-        x = as_embeddings(X)
+        and `device` do not apply (the Rust engine uses all CPU cores).
+
+        An array in RAM is clustered whole. Out-of-core input (a memory-mapped `.npy`, parquet,
+        an iterable of batches; see `moc_fast.index.sources`) is clustered on a seeded sample
+        of `sample_size` rows (default `max(65,536, 64·K)`), then refined by `passes` streamed
+        Lloyd passes over every row (per level), so memory is bounded by the sample.
+        """
         iters = self.iters if epochs is None else int(epochs)
         start = time.perf_counter()
-        self.input_dim = x.shape[1]
-        self.proj.fit(x)
-        y = self.proj.forward(x)
-        self.codebooks_, inertia = self._cluster(y, iters)
+        source = as_source(X)
+        mem = source.in_memory()
+        if mem is not None:
+            x = as_embeddings(mem)
+            self.input_dim, items = x.shape[1], len(x)
+            self.proj.fit(x)
+            self.codebooks_, inertia = self._cluster(self.proj.forward(x), iters)
+        else:
+            if passes < 0:
+                raise ValueError(f"passes must be >= 0, got {passes}")
+            size = sample_size or max(65_536, 64 * self.codebook_size)
+            sample = seeded_sample(source, size, self.seed)
+            self.input_dim = sample.shape[1]
+            self.proj.fit_stream(source)
+            self.codebooks_, inertia = self._cluster(self.proj.forward(sample), iters)
+            for _ in range(passes):
+                inertia = self._refine(source)
+            items = source.num_rows
         self.summary = {
-            "items": len(x),
+            "items": items,
             "iters": iters,
             "inertia": float(inertia),
             "seconds": round(time.perf_counter() - start, 3),
             "device": "cpu",
         }
+        if mem is None:
+            self.summary.update(sample_size=size, passes=passes)
         return self
+
+    def _refine(self, source: EmbeddingSource) -> float:
+        """One streamed Lloyd step per level (residuals of the earlier levels); empty clusters
+        keep their centroid. Returns the sum of squared residuals after the last level."""
+        cbs = self.codebooks_
+        k, d = cbs.shape[1], cbs.shape[2]
+        inertia = 0.0
+        for level in range(len(cbs)):
+            sums, counts, inertia = np.zeros((k, d)), np.zeros(k, dtype=np.int64), 0.0
+            for block in source.blocks():
+                y = self.proj.forward(block)
+                if level:
+                    y = engine.assign_residual(y, cbs[:level])[1]
+                codes, dist = engine.assign(y, cbs[level])
+                order = np.argsort(codes, kind="stable")
+                present, starts = np.unique(codes[order], return_index=True)
+                sums[present] += np.add.reduceat(y[order].astype(np.float64), starts)
+                counts += np.bincount(codes, minlength=k)
+                inertia += float(dist.astype(np.float64).sum())
+            filled = counts > 0
+            cbs[level, filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        return inertia
 
     def _cluster(self, y: np.ndarray, iters: int) -> tuple[np.ndarray, float]:
         raise NotImplementedError
 
     def encode_raw(self, X: Any) -> np.ndarray:
         self._require_fitted()
-        y = self.proj.forward(as_embeddings(X, self.input_dim))
-        return engine.assign_residual(y, self.codebooks_)[0]
+        out = []
+        for block in as_source(X).blocks(ENCODE_CHUNK):
+            if block.shape[1] != self.input_dim:
+                raise ValueError(f"X has {block.shape[1]} columns but this indexer was built "
+                                 f"for D = {self.input_dim}")  # fmt: skip
+            out.append(engine.assign_residual(self.proj.forward(block), self.codebooks_)[0])
+        if not out:
+            return np.zeros((0, self.num_codes), dtype=np.int64)
+        return np.concatenate(out)
 
     def reconstruct(self, X: Any) -> np.ndarray:
         codes = self.encode_raw(X)

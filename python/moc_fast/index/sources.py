@@ -1,0 +1,254 @@
+"""Where item embeddings come from, read in bounded blocks so that N never has to fit in RAM.
+
+An indexer's `fit` and `encode` take any of: an array in RAM (numpy or a CPU tensor), a
+memory-mapped `.npy` (`np.load(path, mmap_mode="r")` or the path itself), a parquet file or a
+folder of parquet files with an embedding column (pyarrow), or an iterable of `(B, D)` batches
+(a list, or a function returning a fresh iterator, for several passes). Every block is checked
+as it is read (floats, D columns, finite), and errors give the global row.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BLOCK_ROWS = 65_536
+PARQUET_COLUMN = "embedding"
+
+
+def check_block(block: Any, start: int, dim: int | None, name: str) -> np.ndarray:
+    """`block` as finite float32 `(B, dim)`, C-contiguous; rows are numbered from `start`."""
+    arr = block.detach().cpu().numpy() if hasattr(block, "detach") else np.asarray(block)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must hold 2-D blocks of item embeddings (B, D), got shape {arr.shape} "
+            f"at row {start}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{name} must hold floats, got {arr.dtype} at row {start}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} has {arr.shape[1]} columns at row {start}, expected D = {dim}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not arr.flags.writeable:  # a read-only memory map: copy the block (torch needs writable)
+        arr = arr.copy()
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        row = start + int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite: row {row} holds NaN or inf")
+    return arr
+
+
+class EmbeddingSource:
+    """Item embeddings read block by block, in storage order.
+
+    `num_rows` is None where it is unknown before a full pass (plain iterables);
+    `random_access` sources also gather arbitrary rows (`take`), which lets training shuffle
+    exactly as it does in RAM.
+    """
+
+    name: str = "X"
+    dim: int | None = None
+    num_rows: int | None = None
+    random_access: bool = False
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        raise TypeError(f"{type(self).__name__} does not support random access")
+
+    def in_memory(self) -> np.ndarray | None:
+        """The whole array when it already lives in RAM (then nothing needs streaming)."""
+        return None
+
+
+class ArraySource(EmbeddingSource):
+    """A numpy array, a memory-mapped `.npy` or a CPU tensor (never copied whole)."""
+
+    random_access = True
+
+    def __init__(self, arr: Any, name: str = "X") -> None:
+        if hasattr(arr, "detach"):
+            arr = arr.detach().cpu().numpy()
+        arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
+        if arr.ndim != 2:
+            raise ValueError(
+                f"{name} must be a 2-D array of item embeddings (N, D), got shape {arr.shape}"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"{name} must hold floats, got {arr.dtype}")
+        self.arr, self.name = arr, name
+        self.num_rows, self.dim = arr.shape
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+        for s in range(0, self.num_rows, rows):
+            block = check_block(self.arr[s : s + rows], s, self.dim, self.name)
+            self._release()
+            yield block
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows `idx` in that order; read in ascending order (sequential on a memory map)."""
+        order = np.argsort(idx, kind="stable")
+        rows = np.empty((len(idx), self.dim), dtype=np.float32)
+        rows[order] = self.arr[idx[order]]
+        self._release()
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            row = int(idx[int(np.argmax(bad))])
+            raise ValueError(f"{self.name} must be finite: row {row} holds NaN or inf")
+        return rows
+
+    def in_memory(self) -> np.ndarray | None:
+        return None if _mapping(self.arr) is not None else self.arr
+
+    def _release(self) -> None:
+        """Unmap the pages just read from a memory map (they stay in the page cache): without
+        this every page ever read counts towards the process's resident memory."""
+        m = _mapping(self.arr)
+        if m is not None and hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_DONTNEED)
+
+
+def _mapping(arr: np.ndarray) -> mmap.mmap | None:
+    """The `mmap` behind a memory-mapped array (or a view of one), else None."""
+    a: Any = arr
+    while a is not None:
+        if isinstance(a, mmap.mmap):
+            return a
+        m = getattr(a, "_mmap", None)
+        if isinstance(m, mmap.mmap):
+            return m
+        a = getattr(a, "base", None)
+    return None
+
+
+class ParquetSource(EmbeddingSource):
+    """A parquet file or a folder of them (read in sorted file order), with an embedding column
+    of float lists of equal length."""
+
+    def __init__(self, path: str | os.PathLike, column: str = PARQUET_COLUMN) -> None:
+        from moc_fast._extras import require
+
+        require("pyarrow", feature="reading embeddings from parquet")
+        import pyarrow.parquet as pq
+
+        p = Path(path)
+        self.files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+        if not self.files:
+            raise ValueError(f"{path} holds no .parquet files")
+        self.column, self.name = column, str(path)
+        self.num_rows = 0
+        for f in self.files:
+            schema = pq.read_schema(f)
+            if column not in schema.names:
+                raise ValueError(
+                    f"{f} has no column {column!r} (columns: {schema.names}); "
+                    "pass column= to name the embedding column"
+                )
+            self.num_rows += pq.ParquetFile(f).metadata.num_rows
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        start = 0
+        for f in self.files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=[self.column]):
+                col = batch.column(0)
+                if col.null_count:
+                    raise ValueError(f"{self.name}: column {self.column!r} has nulls near row "
+                                     f"{start}")  # fmt: skip
+                lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+                dim = int(lengths[0]) if len(lengths) else (self.dim or 0)
+                if len(lengths) and (lengths != dim).any():
+                    row = start + int(np.argmax(lengths != dim))
+                    raise ValueError(f"{self.name}: embeddings of unequal length at row {row}")
+                values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim)
+                block = check_block(values, start, self.dim, self.name)
+                self.dim = block.shape[1]
+                start += len(block)
+                yield block
+
+
+class IterableSource(EmbeddingSource):
+    """An iterable of `(B, D)` batches, or a function returning a fresh iterator per pass.
+    A one-shot iterator (a generator) allows one pass only."""
+
+    def __init__(self, batches: Iterable[Any] | Callable[[], Iterable[Any]], name: str = "X"):
+        self.batches, self.name = batches, name
+        self._one_shot = not callable(batches) and iter(batches) is batches  # type: ignore[arg-type]
+        self._passes = 0
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+        if self._one_shot and self._passes:
+            raise ValueError(
+                f"{self.name} is a one-shot iterator and was already read: pass a list or a "
+                "function returning a fresh iterator to make several passes (epochs)"
+            )
+        self._passes += 1
+        it = self.batches() if callable(self.batches) else self.batches
+        start = 0
+        for b in it:
+            block = check_block(b, start, self.dim, self.name)
+            self.dim = block.shape[1]
+            for s in range(0, len(block), rows):
+                yield block[s : s + rows]
+            start += len(block)
+        self.num_rows = start
+
+
+def as_source(X: Any, name: str = "X", column: str = PARQUET_COLUMN) -> EmbeddingSource:
+    """The right source for `X` (see the module docstring)."""
+    if isinstance(X, EmbeddingSource):
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        p = Path(X)
+        if p.is_dir() or p.suffix == ".parquet":
+            return ParquetSource(p, column)
+        if p.suffix == ".npy":
+            try:
+                return ArraySource(np.load(p, mmap_mode="r", allow_pickle=False), str(p))
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"{name} {p} is not a readable .npy file: {exc}") from exc
+        raise ValueError(f"{name} {p}: expected a .npy file, a .parquet file or a folder of them")
+    if isinstance(X, np.ndarray) or hasattr(X, "detach"):
+        return ArraySource(X, name)
+    if isinstance(X, (list, tuple)):
+        if X and all(getattr(b, "ndim", 0) == 2 for b in X):
+            return IterableSource(X, name)
+        return ArraySource(np.asarray(X), name)
+    if callable(X) or isinstance(X, Iterable):
+        return IterableSource(X, name)
+    raise TypeError(
+        f"{name} must be an array, a .npy/parquet path, or an iterable of batches; "
+        f"got {type(X).__name__}"
+    )
+
+
+def seeded_sample(source: EmbeddingSource, size: int, seed: int) -> np.ndarray:
+    """`size` rows drawn uniformly without replacement (all rows if fewer), in storage order,
+    from one pass: each row gets a seeded random key and the `size` smallest keys are kept, so
+    memory is bounded by `size` plus one block."""
+    rng = np.random.default_rng(seed)
+    if source.random_access and source.num_rows is not None:
+        n = source.num_rows
+        if size >= n:
+            return np.concatenate(list(source.blocks()))
+        return source.take(np.sort(rng.choice(n, size, replace=False)))
+    keys = np.zeros(0)
+    rows: np.ndarray | None = None
+    for block in source.blocks():
+        k = np.concatenate([keys, rng.random(len(block))])
+        r = block if rows is None else np.concatenate([rows, block])
+        if len(k) > size:
+            keep = np.sort(np.argpartition(k, size - 1)[:size])
+            k, r = k[keep], r[keep]
+        keys, rows = k, r
+    if rows is None:
+        raise ValueError("the embeddings are empty: nothing to sample")
+    return rows
