@@ -31,6 +31,7 @@ _LAZY = {
     "load_indexer": "moc_fast.index",
     "MoCEmbedding": "moc_fast.nn",
     "CTRModel": "moc_fast.nn",
+    "ItemCodes": "moc_fast.nn",
 }
 
 

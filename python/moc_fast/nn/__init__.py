@@ -7,6 +7,7 @@ require("torch", "safetensors", feature="moc_fast.nn (CTR models)")
 from moc_fast.nn.backbones import BACKBONES, DNN, IPNN, AutoIntPlus, DCNv2, DeepFM, make_backbone
 from moc_fast.nn.ctr import CTRModel
 from moc_fast.nn.embeddings import FieldEmbedding, MultiEmbedding
+from moc_fast.nn.item_codes import ItemCodes
 from moc_fast.nn.moc_embedding import MoCEmbedding
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DCNv2",
     "DeepFM",
     "FieldEmbedding",
+    "ItemCodes",
     "MoCEmbedding",
     "MultiEmbedding",
     "make_backbone",

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from moc_fast.fileio import atomic_write_bytes
 from moc_fast.nn.backbones import make_backbone
 from moc_fast.nn.embeddings import FieldEmbedding, MultiEmbedding
+from moc_fast.nn.item_codes import ItemCodes
 from moc_fast.nn.moc_embedding import MoCEmbedding
 
 CTR_FORMAT_VERSION = 2  # 2: backbones split into per-set modules + shared head
@@ -28,7 +29,12 @@ class CTRModel(nn.Module):
       (`fusion="none"` is plain per-codebook embeddings); `num_codebooks=0` for none;
     - `dense_dim`: a dense text-embedding field, projected by an MLP to one field;
     - `num_sets > 1`: Multi-Embedding mode (semantic codes then join the ordinary fields as
-      categorical fields, each set with its own tables; needs `fusion="none"`).
+      categorical fields, each set with its own tables; needs `fusion="none"`);
+    - `oov_buckets`: out-of-vocabulary rows per ordinary field (0: unseen ids raise; see
+      `FieldEmbedding`), so new users and items can be scored;
+    - `item_field`: which field of `x` is the item index; the model then holds an `ItemCodes`
+      (`model.item_codes`, filled by `item_codes.add_items` or `from_indexer`) and looks codes
+      up itself when `forward` gets none, e.g. for items added after training.
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class CTRModel(nn.Module):
         num_sets: int = 1,
         backend: str = "auto",
         backbone_kwargs: dict[str, Any] | None = None,
+        oov_buckets: int = 0,
+        item_field: int | None = None,
     ) -> None:
         args = dict(locals())
         super().__init__()
@@ -60,10 +68,10 @@ class CTRModel(nn.Module):
         cat_dims = list(field_dims)
         if num_sets > 1:
             cat_dims += [codebook_size] * num_codebooks
-            self.fields = MultiEmbedding(cat_dims, embed_dim, num_sets)
+            self.fields = MultiEmbedding(cat_dims, embed_dim, num_sets, oov_buckets)
             self.codes = None
         else:
-            self.fields = FieldEmbedding(cat_dims, embed_dim)
+            self.fields = FieldEmbedding(cat_dims, embed_dim, oov_buckets=oov_buckets)
             self.codes = (
                 MoCEmbedding(
                     num_codebooks, codebook_size, embed_dim, fusion, bottleneck, activation, backend
@@ -78,6 +86,15 @@ class CTRModel(nn.Module):
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
                 layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
             self.dense = nn.Sequential(*layers)
+        self.item_field, self.item_codes = item_field, None
+        if item_field is not None:
+            if not num_codebooks:
+                raise ValueError("item_field needs semantic codes (num_codebooks > 0)")
+            if not 0 <= item_field < len(field_dims):
+                raise ValueError(
+                    f"item_field must index one of the {len(field_dims)} fields, got {item_field}"
+                )
+            self.item_codes = ItemCodes(num_codes=num_codebooks, codebook_size=codebook_size)
         num_fields = len(field_dims) + num_codebooks + (1 if dense_dim else 0)
         self.backbone = make_backbone(
             backbone, num_fields, embed_dim, num_sets, **(backbone_kwargs or {})
@@ -95,9 +112,13 @@ class CTRModel(nn.Module):
     def forward(
         self, x: Tensor, codes: Tensor | None = None, dense: Tensor | None = None
     ) -> Tensor:
-        """Logits `(B,)` from ids `x (B, F)`, codes `(B, M)` and dense features `(B, D)`."""
+        """Logits `(B,)` from ids `x (B, F)`, codes `(B, M)` and dense features `(B, D)`.
+        Without `codes`, a model with `item_field` looks them up in `item_codes`."""
         if self.num_codebooks and codes is None:
-            raise ValueError(f"this model needs codes (B, M={self.num_codebooks})")
+            if self.item_codes is None:
+                raise ValueError(f"this model needs codes (B, M={self.num_codebooks}), or an "
+                                 "item_field to look them up by item")  # fmt: skip
+            codes = self.item_codes(x[:, self.item_field])
         if self.dense is not None and dense is None:
             raise ValueError("this model needs its dense text-embedding field (B, dense_dim)")
         if self.num_sets > 1:

@@ -39,8 +39,11 @@ class MoCEmbedding(nn.Module):
         activation: str = "relu",
         backend: str = "auto",
         check_codes: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         if min(num_codebooks, codebook_size, embed_dim) < 1:
             raise ValueError(
                 "num_codebooks, codebook_size and embed_dim must be >= 1, got "
@@ -61,20 +64,30 @@ class MoCEmbedding(nn.Module):
         self.check_codes = check_codes
         width = num_codebooks * embed_dim
         self.bottleneck = bottleneck or max(1, width // 2)
-        self.tables = nn.Parameter(torch.empty(num_codebooks, codebook_size, embed_dim))
-        nn.init.normal_(self.tables, std=0.01)
+        self.tables = nn.Parameter(
+            torch.empty(num_codebooks, codebook_size, embed_dim, **factory)
+        )
         if fusion != "none":
-            self.w_down = nn.Parameter(torch.empty(width, self.bottleneck))
-            self.b_down = nn.Parameter(torch.zeros(self.bottleneck))
-            self.w_up = nn.Parameter(torch.empty(self.bottleneck, width))
-            self.b_up = nn.Parameter(torch.zeros(width))
-            nn.init.xavier_uniform_(self.w_down)
-            nn.init.xavier_uniform_(self.w_up)
+            self.w_down = nn.Parameter(torch.empty(width, self.bottleneck, **factory))
+            self.b_down = nn.Parameter(torch.empty(self.bottleneck, **factory))
+            self.w_up = nn.Parameter(torch.empty(self.bottleneck, width, **factory))
+            self.b_up = nn.Parameter(torch.empty(width, **factory))
         else:
             self.register_parameter("w_down", None)
             self.register_parameter("b_down", None)
             self.register_parameter("w_up", None)
             self.register_parameter("b_up", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Tables ~ N(0, 0.01²), bottleneck weights Xavier-uniform, biases 0 (what
+        `device="meta"` construction followed by `to_empty` and this call materialises)."""
+        nn.init.normal_(self.tables, std=0.01)
+        if self.w_down is not None:
+            nn.init.xavier_uniform_(self.w_down)
+            nn.init.xavier_uniform_(self.w_up)
+            nn.init.zeros_(self.b_down)
+            nn.init.zeros_(self.b_up)
 
     @property
     def num_embeddings(self) -> int:
