@@ -7,10 +7,13 @@ from moc_fast._extras import require
 require("torch", "tqdm", feature="moc_fast.train")
 
 import copy
+import io
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moc_fast.fileio import atomic_write_bytes
 from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -143,10 +147,64 @@ def early_stop(val_curve: list[float], patience: int) -> tuple[int, int]:
     return best_epoch, len(val_curve)
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+Batches = Iterable[dict[str, Tensor]]  # a DataLoader of {"x", "y", ["codes"], ["dense"]}
+
+
+def _inputs(batch: dict[str, Tensor], dev: torch.device) -> tuple[Tensor, ...]:
+    mv = lambda k: batch[k].to(dev, non_blocking=True) if k in batch else None  # noqa: E731
+    return mv("x"), mv("codes"), mv("dense"), mv("y").float()
+
+
+@torch.no_grad()
+def _val_predictions(model: nn.Module, val: CTRData | Batches, dev: torch.device):
+    """(labels, probabilities) of the whole validation set: each rank scores its share (a
+    slice of a `CTRData`, or what its loader yields) and all ranks gather every share."""
+    rank, world = _distributed()
+    if isinstance(val, CTRData):
+        part = slice(rank * len(val) // world, (rank + 1) * len(val) // world)
+        mine = CTRData(val.x[part], val.y[part], *(None if t is None else t[part]
+                                                   for t in (val.codes, val.dense)))  # fmt: skip
+        y, p = mine.y.float().cpu().numpy(), predict(model, mine)
+    else:
+        was = model.training
+        model.eval()
+        ys, ps = [], []
+        for batch in val:
+            x, codes, dense, yb = _inputs(batch, dev)
+            ps.append(torch.sigmoid(model(x, codes, dense)).float().cpu())
+            ys.append(yb.cpu())
+        model.train(was)
+        y = torch.cat(ys).numpy() if ys else np.zeros(0, np.float32)
+        p = torch.cat(ps).numpy() if ps else np.zeros(0, np.float32)
+    if world > 1:
+        import torch.distributed as dist
+
+        shares: list[Any] = [None] * world
+        dist.all_gather_object(shares, (y, p))
+        y = np.concatenate([s[0] for s in shares])
+        p = np.concatenate([s[1] for s in shares])
+    return y, p
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def fit_ctr(
     model: nn.Module,
-    train: CTRData,
-    val: CTRData,
+    train: CTRData | Batches,
+    val: CTRData | Batches,
     epochs: int = 20,
     batch_size: int = 2048,
     lr: float = 1e-3,
@@ -159,43 +217,94 @@ def fit_ctr(
     desc: str = "fit_ctr",
     embedding_l2: float = 0.0,
     net_l2: float = 0.0,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Adam + BCE; stop after `patience` epochs without a better validation AUC and restore
     the best weights. Returns the history (per-epoch loss / val AUC) and the best epoch.
     `desc` labels the progress (one step per epoch; a batch bar too on a terminal).
     `embedding_l2` / `net_l2` add λ·Σ‖θ‖² over the embedding tables / the other weight
-    matrices to the loss (FuxiCTR's `embedding_regularizer` / `net_regularizer`)."""
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"train and val must be non-empty, got {len(train)} and {len(val)}")
+    matrices to the loss (FuxiCTR's `embedding_regularizer` / `net_regularizer`).
+
+    `train` and `val` are `CTRData` (in memory; batches are seeded index slices) or
+    `DataLoader`s yielding `{"x", "y", ["codes"], ["dense"]}` batches (e.g. over a
+    `ParquetCTRDataset`; `set_epoch` is called on its dataset or sampler each epoch).
+
+    Under `torchrun` (an initialised `torch.distributed` group) the model is wrapped in
+    `DistributedDataParallel`: with `CTRData` every rank takes its share of each global batch
+    of `batch_size` rows (so the run matches one process with the same global batch); loaders
+    shard themselves (`ParquetCTRDataset` does, by rank). Validation AUC is computed on the
+    predictions of all ranks gathered, not averaged per rank. Only rank 0 writes.
+
+    `checkpoint`: a file written (atomically) after every epoch with the model, optimizer and
+    RNG states, the epoch, the history and the best weights so far; when it exists at the
+    start, training resumes after its epoch and continues exactly as the uninterrupted run.
+    """
+    if isinstance(train, CTRData) and len(train) == 0 or isinstance(val, CTRData) and not len(val):
+        raise ValueError("train and val must be non-empty")
     dev = (
         torch.device(device)
         if device
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
+    rank, world = _distributed()
     model.to(dev)
-    tr = train.to(dev)
-    # Dropout draws from the global RNG: seed it for this run only (restored afterwards).
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    in_memory = isinstance(train, CTRData)
+    tr = train.to(dev) if in_memory else None
+    if in_memory and world > 1 and batch_size < world:
+        raise ValueError(f"batch_size {batch_size} must be >= the world size {world}")
+    # Dropout draws from the global RNG: seed it for this run only (restored afterwards), per
+    # rank (ranks see different rows and must not share masks).
     devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + rank)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         emb_params, net_params = _regularised(model)
         gen = torch.Generator().manual_seed(seed)
         use_amp = amp and dev.type == "cuda"
         best = {"auc": -1.0, "epoch": 0, "state": None}
-        history = []
+        history: list[dict[str, Any]] = []
+        first = 1
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None and ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            best, history = state["best"], state["history"]
+            first = state["epoch"] + 1
+            log.info("resuming %s after epoch %d", ckpt, state["epoch"])
         start = time.perf_counter()
         epochs_bar = Progress(epochs, desc, progress)
-        for epoch in range(1, epochs + 1):
+        if first > 1:
+            epochs_bar.update(first - 1)
+        stopped = first > 1 and first - 1 - best["epoch"] >= patience
+        for epoch in range(first, epochs + 1):
+            if stopped:
+                break
             model.train()
             total, batches = 0.0, 0
-            perm = torch.randperm(len(tr), generator=gen).to(dev)
-            chunks = perm.split(batch_size)
-            bar = Progress(len(chunks), f"{desc} epoch {epoch}", progress, plain=False)
-            for b, idx in enumerate(chunks):
+            if in_memory:
+                perm = torch.randperm(len(tr), generator=gen).to(dev)
+                chunks = [c[rank::world] for c in perm.split(batch_size) if len(c) >= world]
+                steps = ((tr.inputs(i) + (tr.y[i],)) for i in chunks)
+                n_steps = len(chunks)
+            else:
+                for obj in (getattr(train, "dataset", None), getattr(train, "sampler", None)):
+                    if hasattr(obj, "set_epoch"):
+                        obj.set_epoch(epoch)
+                steps = (_inputs(b, dev) for b in train)
+                n_steps = len(train) if hasattr(train, "__len__") else 0
+            bar = Progress(n_steps, f"{desc} epoch {epoch}", progress, plain=False)
+            for b, (x, codes, dense, y) in enumerate(steps):
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(*tr.inputs(idx))
-                loss = F.binary_cross_entropy_with_logits(logits.float(), tr.y[idx])
+                    logits = net(x, codes, dense)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss.item()} at epoch {epoch}, batch {b}"
@@ -208,14 +317,23 @@ def fit_ctr(
                 batches += 1
                 bar.update()
             bar.close()
-            val_auc = evaluate(model, val)["auc"]
+            if not batches:
+                raise ValueError("the training data gave no batches")
+            y_val, p_val = _val_predictions(model, val, dev)
+            val_auc = auc_score(y_val, p_val)
             history.append({"epoch": epoch, "train_loss": total / batches, "val_auc": val_auc})
             log.info("epoch %d: train loss %.4f, val AUC %.4f", epoch, total / batches, val_auc)
             epochs_bar.update(1, loss=f"{total / batches:.4f}", val_auc=f"{val_auc:.4f}")
             if val_auc > best["auc"]:
                 best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             elif epoch - best["epoch"] >= patience:
-                break
+                stopped = True
+            if ckpt is not None and rank == 0:
+                _save_checkpoint(ckpt, {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "best": best, "history": history,
+                })  # fmt: skip
         epochs_bar.close()
         model.load_state_dict(best["state"])
         return {

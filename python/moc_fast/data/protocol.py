@@ -36,6 +36,16 @@ class CTRSplits:
     field_dims: list[int]
     num_items: int
 
+    def write_shards(self, folder, rows_per_shard: int = 1_000_000) -> None:
+        """Each split as parquet shards in `folder/{train,val,test}` (`ParquetCTRDataset`
+        streams them back), for sample tables trained on without holding them in memory."""
+        from pathlib import Path
+
+        from moc_fast.data.shards import write_ctr_shards
+
+        for name in ("train", "val", "test"):
+            write_ctr_shards(getattr(self, name), Path(folder) / name, rows_per_shard)
+
 
 def split_positions(
     data: Interactions, val_frac: float = 0.1, test_frac: float = 0.1

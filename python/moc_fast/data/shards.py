@@ -1,0 +1,177 @@
+"""CTR samples larger than memory: parquet shards, and a streaming dataset over them.
+
+`write_ctr_shards` writes a split (`CTRData`) as parquet files of fixed-size list columns
+(`x`, `codes`, `dense`) and `y`; `ParquetCTRDataset` reads them back as ready batches for a
+`torch.utils.data.DataLoader(ds, batch_size=None, num_workers=..., pin_memory=True)`, shuffled
+per epoch (row groups in a seeded order, rows within a seeded buffer) and split between
+`torch.distributed` ranks and loader workers so that every rank gets the same number of
+batches (DDP needs that; up to world_size - 1 rows per row group are left out to keep it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from moc_fast._extras import require
+from moc_fast.fileio import atomic_write_bytes
+
+SHARDS_VERSION = 1
+META = "_ctr_shards.json"
+COLUMNS = ("x", "codes", "dense")
+
+
+def write_ctr_shards(
+    data, folder: str | os.PathLike, rows_per_shard: int = 1_000_000, row_group: int = 65_536
+) -> list[Path]:
+    """Write `data` (a `CTRData`) as `shard-00000.parquet`, ... in `folder`; each shard is
+    written to a temporary name and renamed, the description file last."""
+    require("pyarrow", feature="writing CTR samples as parquet shards")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = {"x": data.x, "codes": data.codes, "dense": data.dense}
+    widths = {k: (int(v.shape[1]) if v is not None else 0) for k, v in cols.items()}
+    paths = []
+    n = len(data)
+    for i, s in enumerate(range(0, n, rows_per_shard)):
+        arrays, names = [], []
+        for k, v in cols.items():
+            if v is None:
+                continue
+            block = v[s : s + rows_per_shard].cpu().numpy()
+            block = block.astype(np.float32 if k == "dense" else np.int64)
+            arrays.append(pa.FixedSizeListArray.from_arrays(block.reshape(-1), widths[k]))
+            names.append(k)
+        arrays.append(pa.array(data.y[s : s + rows_per_shard].float().cpu().numpy()))
+        names.append("y")
+        path = out / f"shard-{i:05d}.parquet"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        pq.write_table(pa.table(arrays, names=names), tmp, row_group_size=row_group)
+        os.replace(tmp, path)
+        paths.append(path)
+    meta = {"version": SHARDS_VERSION, "rows": n, "widths": widths, "shards": len(paths)}
+    atomic_write_bytes(out / META, json.dumps(meta).encode())
+    return paths
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ParquetCTRDataset(torch.utils.data.IterableDataset):
+    """Batches `{"x", "y", ["codes"], ["dense"]}` of `batch_size` rows (per rank) from shards
+    written by `write_ctr_shards`. Call `set_epoch(e)` before each epoch (`fit_ctr` does) for a
+    new shuffle; memory is bounded by `buffer_batches` batches per worker."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_batches: int = 32,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        require("pyarrow", feature="reading CTR samples from parquet shards")
+        import pyarrow.parquet as pq
+
+        self.folder = Path(folder)
+        meta_path = self.folder / META
+        if not meta_path.exists():
+            raise ValueError(f"{folder} holds no CTR shards ({META} missing: write_ctr_shards)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") != SHARDS_VERSION:
+            raise ValueError(f"{folder}: shard format {meta.get('version')}, expected "
+                             f"{SHARDS_VERSION}: rewrite them with write_ctr_shards")  # fmt: skip
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.widths = meta["widths"]
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.buffer_batches = max(1, buffer_batches)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        files = sorted(self.folder.glob("shard-*.parquet"))
+        if len(files) != meta["shards"]:
+            raise ValueError(f"{folder}: {len(files)} shard files, expected {meta['shards']}")
+        self.units = [
+            (f, g, pq.ParquetFile(f).metadata.row_group(g).num_rows)
+            for f in files
+            for g in range(pq.ParquetFile(f).metadata.num_row_groups)
+        ]
+        self.rows = sum(u[2] for u in self.units)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _place(self) -> tuple[int, int, int, int]:
+        rank, world = _rank_world()
+        rank = self.rank if self.rank is not None else rank
+        world = self.world_size if self.world_size is not None else world
+        info = torch.utils.data.get_worker_info()
+        return rank, world, (info.id if info else 0), (info.num_workers if info else 1)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (all workers together), as `fit_ctr` counts them."""
+        rank, world, _, workers = self._place()
+        total = 0
+        for w in range(workers):
+            rows = sum(u[2] // world for u in self.units[w::workers])
+            total += -(-rows // self.batch_size)
+        return total
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        import pyarrow.parquet as pq
+
+        rank, world, worker, workers = self._place()
+        units = list(self.units)
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
+        if self.shuffle:  # one order for all ranks: the same seed without rank and worker
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
+            units = [units[i] for i in order]
+        pool: dict[str, list[np.ndarray]] = {}
+        held = 0
+        for path, group, n in units[worker::workers]:
+            table = pq.ParquetFile(path).read_row_group(group)
+            take = np.arange(rank, n - n % world, world)  # the same count on every rank
+            for name in table.column_names:
+                col = table.column(name).combine_chunks()
+                if name in self.widths:
+                    arr = col.flatten().to_numpy().reshape(n, self.widths[name])
+                else:
+                    arr = col.to_numpy()
+                pool.setdefault(name, []).append(arr[take])
+            held += len(take)
+            if held >= self.buffer_batches * self.batch_size:
+                yield from self._drain(pool, rng, keep_tail=True)
+                held = len(pool["y"][0]) if pool else 0
+        yield from self._drain(pool, rng, keep_tail=False)
+
+    def _drain(self, pool, rng, keep_tail: bool) -> Iterator[dict[str, Tensor]]:
+        if not pool:
+            return
+        cols = {k: np.concatenate(v) for k, v in pool.items()}
+        n = len(cols["y"])
+        perm = rng.permutation(n) if self.shuffle else np.arange(n)
+        full = n // self.batch_size * self.batch_size if keep_tail else n
+        for s in range(0, full, self.batch_size):
+            idx = perm[s : s + self.batch_size]
+            yield {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in cols.items()}
+        pool.clear()
+        if full < n:
+            rest = perm[full:]
+            for k, v in cols.items():
+                pool[k] = [v[rest]]

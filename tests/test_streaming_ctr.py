@@ -1,0 +1,162 @@
+"""CTR training beyond memory and one process: parquet shards streamed through a DataLoader,
+DDP under torchrun (2 processes, gloo), per-epoch checkpoints resumed exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moc_fast.data.shards import ParquetCTRDataset, write_ctr_shards
+from moc_fast.train import CTRData, fit_ctr
+
+from ddp_worker import ctr_data, model
+
+pytest.importorskip("pyarrow")
+HERE = Path(__file__).parent
+
+
+def rows_of(batches) -> np.ndarray:
+    """(x, y, row number) of every sample: the dense column carries each row's number."""
+    cols = lambda b: [b["x"].numpy(), b["y"].numpy(), b["dense"].numpy()]  # noqa: E731
+    return np.concatenate([np.column_stack(cols(b)) for b in batches])
+
+
+@pytest.fixture
+def shards(tmp_path):
+    d = ctr_data(seed=int(np.random.default_rng().integers(1000)), n=5003)
+    data = CTRData(d.x, d.y, d.codes, torch.arange(len(d)).float()[:, None])
+    write_ctr_shards(data, tmp_path / "s", rows_per_shard=2000, row_group=300)
+    return data, tmp_path / "s"
+
+
+def test_shards_round_trip_and_every_row_once_per_epoch(shards):
+    data, folder = shards
+    want = np.column_stack([data.x.numpy(), data.y.numpy(), data.dense.numpy()])
+    plain = list(ParquetCTRDataset(folder, batch_size=128, shuffle=False))
+    assert np.array_equal(rows_of(plain), want)
+    assert np.array_equal(torch.cat([b["codes"] for b in plain]).numpy(), data.codes.numpy())
+    ds = ParquetCTRDataset(folder, batch_size=128, seed=3, buffer_batches=4)
+    epochs = []
+    for e in (0, 1, 0):
+        ds.set_epoch(e)
+        batches = list(ds)
+        assert len(batches) == len(ds) and all(len(b["y"]) <= 128 for b in batches)
+        epochs.append(rows_of(batches))
+    for rows in epochs:  # every row exactly once (rows are unique by index column order)
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, want))
+    assert not np.array_equal(epochs[0], epochs[1]) and np.array_equal(epochs[0], epochs[2])
+
+
+def test_ranks_and_workers_split_the_rows_evenly(shards):
+    data, folder = shards
+    seen = []
+    for rank in (0, 1):
+        ds = ParquetCTRDataset(folder, batch_size=100, seed=1, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        batches = list(loader)
+        assert len(batches) == len(ds)
+        seen.append(rows_of(batches))
+    assert len(seen[0]) == len(seen[1])  # the same number of rows, so DDP never waits
+    both = {tuple(r) for r in np.concatenate(seen)}
+    assert len(both) == len(seen[0]) * 2  # disjoint
+    groups = ParquetCTRDataset(folder, batch_size=100).units
+    assert len(data) - len(both) <= len(groups)  # at most one row per odd row group left out
+
+
+def test_streamed_training_learns_like_in_memory_training(shards):
+    data, folder = shards
+    data = CTRData(data.x, data.y, data.codes)  # the model has no dense field
+    write_ctr_shards(data, folder.parent / "t", row_group=300)
+    folder = folder.parent / "t"
+    val = ctr_data(seed=99, n=2000)
+    loader = torch.utils.data.DataLoader(
+        ParquetCTRDataset(folder, batch_size=256, seed=0), batch_size=None, num_workers=1
+    )
+    streamed = fit_ctr(model(), loader, val, epochs=4, lr=1e-2, device="cpu", progress=False)
+    memory = fit_ctr(model(), data, val, epochs=4, batch_size=256, lr=1e-2, device="cpu",
+                     progress=False)  # fmt: skip
+    assert streamed["best_val_auc"] > 0.8
+    assert abs(streamed["best_val_auc"] - memory["best_val_auc"]) < 0.03
+    # a loader for validation gives the AUC the in-memory validation gives
+    write_ctr_shards(val, folder.parent / "v")
+    vl = ParquetCTRDataset(folder.parent / "v", batch_size=500, shuffle=False)
+    again = fit_ctr(model(), data, vl, epochs=4, batch_size=256, lr=1e-2, device="cpu",
+                    progress=False)  # fmt: skip
+    assert [h["val_auc"] for h in again["history"]] == pytest.approx(
+        [h["val_auc"] for h in memory["history"]], abs=1e-9
+    )
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path):
+    train, val = ctr_data(0), ctr_data(1, n=2000)
+    kwargs = dict(batch_size=256, lr=1e-2, device="cpu", progress=False, patience=10)
+    whole = model()
+    full = fit_ctr(whole, train, val, epochs=4, checkpoint=tmp_path / "a.ckpt", **kwargs)
+    first = model()
+    fit_ctr(first, train, val, epochs=2, checkpoint=tmp_path / "b.ckpt", **kwargs)  # "killed"
+    resumed = model()  # a fresh process would build the model anew
+    out = fit_ctr(resumed, train, val, epochs=4, checkpoint=tmp_path / "b.ckpt", **kwargs)
+    assert out["history"] == full["history"]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    state = torch.load(tmp_path / "b.ckpt", weights_only=True)
+    assert state["epoch"] == 4 and set(state) >= {"model", "optimizer", "generator", "best"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(out: Path, mode: str) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), str(out), mode]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    from ddp_worker import main
+
+    main(str(tmp_path / "one.json"), "memory")
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = torchrun(tmp_path / "two.json", "memory")
+    assert two["world"] == 2
+    a = [h["val_auc"] for h in one["history"]]
+    b = [h["val_auc"] for h in two["history"]]
+    assert b == pytest.approx(a, abs=2e-3)
+    for k, v in one["params"].items():
+        np.testing.assert_allclose(np.array(two["params"][k]), np.array(v), atol=2e-3, err_msg=k)
+    assert (tmp_path / "two.json.ckpt").exists()  # written once, by rank 0
+
+
+def test_two_process_ddp_streams_shards_split_by_rank(tmp_path):
+    write_ctr_shards(ctr_data(0), tmp_path / "two.json.shards", row_group=500)
+    two = torchrun(tmp_path / "two.json", "stream")
+    assert two["world"] == 2 and max(h["val_auc"] for h in two["history"]) > 0.8
+
+
+def test_build_ctr_splits_write_shards_that_stream_back(tmp_path):
+    from moc_fast.data.protocol import build_ctr
+    from moc_fast.data.synthetic import synthetic_catalog
+
+    splits = build_ctr(synthetic_catalog(num_users=200, num_items=150), seed=0)
+    splits.write_shards(tmp_path / "ctr", rows_per_shard=700)
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        back = list(ParquetCTRDataset(tmp_path / "ctr" / name, batch_size=64, shuffle=False))
+        assert np.array_equal(torch.cat([b["x"] for b in back]).numpy(), part.x.numpy())
+        assert np.array_equal(torch.cat([b["y"] for b in back]).numpy(), part.y.numpy())
+    with pytest.raises(ValueError, match="holds no CTR shards"):
+        ParquetCTRDataset(tmp_path, batch_size=8)
