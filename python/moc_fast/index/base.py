@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from moc_fast import engine
+from moc_fast.index.quantizer import VectorQuantizer, data_parallel
 from moc_fast.index.sources import EmbeddingSource, as_source
 from moc_fast.progress import Progress
 
@@ -198,13 +199,18 @@ class VQIndexer(nn.Module, Indexer):
             self.build(first.shape[1])
         self.to(dev).train()
         opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
-        bar = Progress(epochs, desc or f"{type(self).__name__} epochs", progress)
+        rank, world = data_parallel()
+        quantizers = [m for m in self.modules() if isinstance(m, VectorQuantizer)]
+        for q in quantizers:
+            q.data_parallel = world > 1
+        bar = Progress(epochs, desc or f"{type(self).__name__} epochs", progress and rank == 0)
         start = time.perf_counter()
         recon_loss = qloss = ppl = torch.zeros(())
         n = 0
         for epoch in range(epochs):
-            for xb in itertools.chain([first], batches) if epoch == 0 else epoch_batches():
-                n += len(xb) if epoch == 0 else 0
+            for batch in itertools.chain([first], batches) if epoch == 0 else epoch_batches():
+                n += len(batch) if epoch == 0 else 0
+                xb = batch[rank::world]  # this rank's share of the global batch
                 recon, _, qloss, ppl = self(xb)
                 # Squared error per item (summed over D): with a mean over D, unit-norm text
                 # embeddings give a loss ~1/D that the quantiser losses drown out.
@@ -213,10 +219,16 @@ class VQIndexer(nn.Module, Indexer):
                 if not torch.isfinite(loss):
                     raise FloatingPointError("indexer training diverged: the loss became NaN/inf")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if world > 1:  # weighted so that the averaged gradient is the global batch's
+                    (loss * (len(xb) * world / len(batch))).backward()
+                    self._average_gradients(world)
+                else:
+                    loss.backward()
                 opt.step()
             bar.update(1, recon=f"{recon_loss.item():.4g}", ppl=f"{ppl.item():.1f}")
         bar.close()
+        for q in quantizers:
+            q.data_parallel = False
         self.eval()
         self.summary = {
             "epochs": epochs,
@@ -231,6 +243,17 @@ class VQIndexer(nn.Module, Indexer):
         }
         log.info("%s fitted: %s", type(self).__name__, self.summary)
         return self
+
+    def _average_gradients(self, world: int) -> None:
+        """All-reduce every gradient (one flat buffer) and divide by the world size."""
+        import torch.distributed as dist
+
+        params = [p for p in self.parameters() if p.grad is not None]  # the same on every rank
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= world
+        for p, g in zip(params, flat.split([q.numel() for q in params]), strict=True):
+            p.grad = g.view_as(p).clone()
 
     def _epoch_batches(
         self, X: Any, batch_size: int, dev: torch.device

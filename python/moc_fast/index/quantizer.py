@@ -14,6 +14,46 @@ from moc_fast import engine
 METRICS = ("l2", "cosine")
 
 
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(local: Tensor) -> Tensor:
+    """Every rank's rows in the global batch's order, on every rank: rank r holds global rows
+    r, r + W, r + 2W, ... (how `VQIndexer.fit` shards a batch)."""
+    import torch.distributed as dist
+
+    _, world = data_parallel()
+    if world == 1:
+        return local
+    size = torch.tensor([len(local)], device=local.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))
+    padded[: len(local)] = local
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = local.new_empty((sum(counts), *local.shape[1:]))
+    for r, (part, n) in enumerate(zip(parts, counts, strict=True)):
+        out[r::world] = part[:n]
+    return out
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """`t` summed over ranks (in place); `t` itself outside torch.distributed."""
+    import torch.distributed as dist
+
+    if data_parallel()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
 @dataclass
 class QuantizerOutput:
     """What one quantiser pass returns, explicitly rather than hidden in module state."""
@@ -41,6 +81,12 @@ class VectorQuantizer(nn.Module):
     training batch (Rust engine), and codes unused for `restart_after` training steps are
     re-seeded from random latents of the current batch (dead-code restart). With
     `metric="cosine"` latents and codewords are compared and emitted L2-normalised.
+
+    With `data_parallel = True` (set by `VQIndexer.fit` under torch.distributed) each rank holds
+    a shard of the global batch: k-means runs on rank 0 over the gathered first batch and is
+    broadcast, code counts and EMA sums are all-reduced, and restarts draw from the gathered
+    batch with the same generator on every rank, so every rank keeps the same codebook as one
+    process with the same global batch would.
     """
 
     def __init__(
@@ -67,6 +113,7 @@ class VectorQuantizer(nn.Module):
         init = torch.randn(codebook_size, dim, generator=gen) / dim**0.5
         self._restart_gen = torch.Generator().manual_seed(seed + 1)  # dead-code restarts
         self.codebook = nn.Parameter(init, requires_grad=not ema)
+        self.data_parallel = False
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("ema_count", torch.ones(codebook_size))
@@ -82,6 +129,8 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def init_from(self, z: Tensor) -> None:
         """k-means (Rust) of a batch of latents as the starting codebook."""
+        rank, world = data_parallel() if self.data_parallel else (0, 1)
+        z = gather_rows(z.detach()) if world > 1 else z
         flat = self._prepare(z.detach()).reshape(-1, self.dim).float().cpu().numpy()
         if len(flat) < self.codebook_size:
             raise ValueError(
@@ -90,10 +139,16 @@ class VectorQuantizer(nn.Module):
                 "codebook_size"
             )
         metric = "ip" if self.metric == "cosine" else "l2"
-        centroids, _, _ = engine.kmeans(
-            flat, self.codebook_size, iters=20, seed=self.seed, metric=metric
-        )
-        cb = torch.from_numpy(centroids).to(self.codebook)
+        cb = torch.empty_like(self.codebook)
+        if rank == 0:
+            centroids, _, _ = engine.kmeans(
+                flat, self.codebook_size, iters=20, seed=self.seed, metric=metric
+            )
+            cb = torch.from_numpy(centroids).to(self.codebook)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(cb, 0)
         self.codebook.data.copy_(cb)
         self.ema_sum.copy_(cb)
         self.ema_count.fill_(1.0)
@@ -114,15 +169,18 @@ class VectorQuantizer(nn.Module):
         loss = self.beta * commit if self.ema else F.mse_loss(q, flat.detach()) + self.beta * commit
         quantized = (flat + (q - flat).detach()).reshape(zin.shape)
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
+        if self.data_parallel:
+            counts = all_reduce_sum(counts)
         p = counts / counts.sum().clamp_min(1)
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
         return QuantizerOutput(quantized, codes.reshape(zin.shape[:-1]), loss, perplexity)
 
     @torch.no_grad()
     def _update_stats(self, flat: Tensor, codes: Tensor) -> None:
-        counts = torch.bincount(codes, minlength=self.codebook_size)
+        sync = all_reduce_sum if self.data_parallel else (lambda t: t)
+        counts = sync(torch.bincount(codes, minlength=self.codebook_size))
         if self.ema:
-            sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat)
+            sums = sync(torch.zeros_like(self.ema_sum).index_add_(0, codes, flat))
             self.ema_count.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
             self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.ema_count.sum()
@@ -132,6 +190,8 @@ class VectorQuantizer(nn.Module):
         if self.restart_after > 0:
             dead = torch.nonzero(self.idle_steps >= self.restart_after).flatten()
             if len(dead):
+                if self.data_parallel:  # the global batch, identical on every rank
+                    flat = gather_rows(flat)
                 pick = torch.randint(0, len(flat), (len(dead),), generator=self._restart_gen)
                 pick = pick.to(flat.device)
                 self.codebook.data[dead] = flat[pick]
