@@ -37,3 +37,26 @@ def test_two_process_indexer_training_matches_one_process(tmp_path, kind):
     assert agree > 0.99, f"only {agree:.3%} of codes agree"
     restarts = [k for k in one.files if k.endswith("idle_steps")]
     assert restarts and all(np.array_equal(ranks[0][k], one[k]) for k in restarts)
+
+
+def test_cli_index_under_torchrun_writes_once_and_matches_one_process(tmp_path):
+    from moc_fast.cli import main as cli
+    from moc_fast.index import load_indexer
+
+    from ddp_indexer_worker import embeddings
+
+    x = embeddings()
+    np.save(tmp_path / "x.npy", x)
+    args = ["index", "-q", "--embeddings", str(tmp_path / "x.npy"), "--method", "moc",
+            "--scale", "2", "--codebook-size", "16", "--epochs", "2",
+            "--device", "cpu"]  # fmt: skip
+    assert cli([*args, "--out", str(tmp_path / "one.safetensors")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", "-m", "moc_fast.cli", *args,
+           "--out", str(tmp_path / "two.safetensors")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("saved") == 1  # rank 0 alone writes and reports
+    one, two = (load_indexer(tmp_path / f"{n}.safetensors").encode(x) for n in ("one", "two"))
+    assert (one == two).mean() > 0.99

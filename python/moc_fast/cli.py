@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -191,6 +192,8 @@ def _index(args: argparse.Namespace) -> int:
     idx.fit(source, progress=not args.quiet, **kwargs)  # streamed: memory bounded by batches
     if trained:
         idx.cpu()
+    if not _writer():
+        return 0
     idx.save(args.out)
     sample = seeded_sample(source, REPORT_ROWS, args.seed)
     label = f"{method} {args.scale}x" + (f", on {len(sample)} sampled items" if
@@ -248,6 +251,8 @@ def _train(args: argparse.Namespace) -> int:
         metrics = {k: rep[k] for k in ("discriminability", "redundancy", "collision_rate")}
         metrics["utilization"] = float(np.mean(rep["utilization"]))
     row, model = train_cell(ds, method, args.scale, args.backbone, args.seed, codes, metrics)
+    if not _writer():
+        return 0
     out = Path(args.out)
     if model is not None:
         model.cpu().save(out / "model.safetensors")
@@ -385,14 +390,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _start_distributed(args: argparse.Namespace) -> bool:
+    """Under `torchrun` (WORLD_SIZE > 1) join the process group: `index` and `train` then
+    train data-parallel (gloo on CPU, nccl on CUDA); only rank 0 writes files."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or args.command not in ("index", "train"):
+        return False
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def _writer() -> bool:
+    """Whether this process writes outputs: always, except ranks > 0 under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0 or int(os.environ.get("WORLD_SIZE", "1")) == 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    distributed = _start_distributed(args)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"moc-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
