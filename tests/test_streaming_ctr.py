@@ -160,3 +160,15 @@ def test_build_ctr_splits_write_shards_that_stream_back(tmp_path):
         assert np.array_equal(torch.cat([b["y"] for b in back]).numpy(), part.y.numpy())
     with pytest.raises(ValueError, match="holds no CTR shards"):
         ParquetCTRDataset(tmp_path, batch_size=8)
+
+
+def test_shards_written_chunk_by_chunk_read_back_whole(tmp_path):
+    data = ctr_data(seed=5, n=1000)
+    chunks = (CTRData(data.x[s : s + 300], data.y[s : s + 300], data.codes[s : s + 300])
+              for s in range(0, 1000, 300))  # fmt: skip
+    assert len(write_ctr_shards(chunks, tmp_path / "c")) == 4
+    back = list(ParquetCTRDataset(tmp_path / "c", batch_size=128, shuffle=False))
+    assert np.array_equal(torch.cat([b["codes"] for b in back]).numpy(), data.codes.numpy())
+    bad = [CTRData(data.x[:5], data.y[:5], data.codes[:5]), CTRData(data.x[:5], data.y[:5])]
+    with pytest.raises(ValueError, match="chunk 1 has column widths"):
+        write_ctr_shards(bad, tmp_path / "bad")

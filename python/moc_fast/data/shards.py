@@ -30,37 +30,56 @@ COLUMNS = ("x", "codes", "dense")
 def write_ctr_shards(
     data, folder: str | os.PathLike, rows_per_shard: int = 1_000_000, row_group: int = 65_536
 ) -> list[Path]:
-    """Write `data` (a `CTRData`) as `shard-00000.parquet`, ... in `folder`; each shard is
-    written to a temporary name and renamed, the description file last."""
+    """Write `data` as `shard-00000.parquet`, ... in `folder`: a `CTRData` (split every
+    `rows_per_shard` rows) or an iterable of `CTRData` chunks (one shard each, so a table
+    larger than memory is written chunk by chunk). Each shard is written to a temporary name
+    and renamed; the description file comes last, so a folder with one is complete."""
     require("pyarrow", feature="writing CTR samples as parquet shards")
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    cols = {"x": data.x, "codes": data.codes, "dense": data.dense}
-    widths = {k: (int(v.shape[1]) if v is not None else 0) for k, v in cols.items()}
-    paths = []
-    n = len(data)
-    for i, s in enumerate(range(0, n, rows_per_shard)):
-        arrays, names = [], []
-        for k, v in cols.items():
-            if v is None:
-                continue
-            block = v[s : s + rows_per_shard].cpu().numpy()
-            block = block.astype(np.float32 if k == "dense" else np.int64)
-            arrays.append(pa.FixedSizeListArray.from_arrays(block.reshape(-1), widths[k]))
-            names.append(k)
-        arrays.append(pa.array(data.y[s : s + rows_per_shard].float().cpu().numpy()))
-        names.append("y")
+    if hasattr(data, "x"):  # one CTRData
+        chunks = (_rows(data, s, s + rows_per_shard) for s in range(0, len(data), rows_per_shard))
+    else:
+        chunks = iter(data)
+    paths, rows, widths = [], 0, None
+    for i, chunk in enumerate(chunks):
+        table, w = _table(chunk)
+        if widths is not None and w != widths:
+            raise ValueError(f"chunk {i} has column widths {w}, the first had {widths}")
+        widths = w
         path = out / f"shard-{i:05d}.parquet"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(pa.table(arrays, names=names), tmp, row_group_size=row_group)
+        pq.write_table(table, tmp, row_group_size=row_group)
         os.replace(tmp, path)
         paths.append(path)
-    meta = {"version": SHARDS_VERSION, "rows": n, "widths": widths, "shards": len(paths)}
+        rows += table.num_rows
+    meta = {"version": SHARDS_VERSION, "rows": rows, "widths": widths or {}, "shards": len(paths)}
     atomic_write_bytes(out / META, json.dumps(meta).encode())
     return paths
+
+
+def _rows(data, start: int, stop: int):
+    pick = lambda t: None if t is None else t[start:stop]  # noqa: E731
+    return type(data)(data.x[start:stop], data.y[start:stop], pick(data.codes), pick(data.dense))
+
+
+def _table(data):
+    import pyarrow as pa
+
+    arrays, names, widths = [], [], {}
+    for k in COLUMNS:
+        v = getattr(data, k)
+        widths[k] = int(v.shape[1]) if v is not None else 0
+        if v is None:
+            continue
+        block = v.cpu().numpy().astype(np.float32 if k == "dense" else np.int64)
+        arrays.append(pa.FixedSizeListArray.from_arrays(block.reshape(-1), widths[k]))
+        names.append(k)
+    arrays.append(pa.array(data.y.float().cpu().numpy()))
+    names.append("y")
+    return pa.table(arrays, names=names), widths
 
 
 def _rank_world() -> tuple[int, int]:
