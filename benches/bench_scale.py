@@ -5,7 +5,7 @@
     python benches/bench_scale.py --quick         # a one-minute smoke run
 
 Each phase runs in its own process and reports its throughput and its own peak resident
-memory (ru_maxrss), so phases never share a heap or an OpenMP pool:
+memory (VmHWM), so phases never share a heap or an OpenMP pool:
 1. MoC (M = 3, K = 256) indexer: 1 epoch from a memory-mapped `.npy`, then encode it; the same
    on the first `--compare-items` rows in RAM for the streamed/in-memory ratio;
 2. DeepFM + MoC `fit_ctr`: 1 epoch streamed from parquet shards (DataLoader), and 1 epoch on
@@ -37,7 +37,45 @@ M, K, EMBED = 3, 256, 16
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory: VmHWM of its own address space. (`ru_maxrss`
+    would not do: Linux carries the forking parent's high-water mark across fork + exec.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
+class ChildPeak:
+    """The largest VmHWM among this process's children (DataLoader workers), sampled every
+    second from /proc while training runs; workers are separate processes, so their memory
+    is not in the parent's VmHWM."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(1.0):
+            try:
+                kids = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+            except OSError:
+                continue
+            for pid in kids:
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+                except OSError:
+                    pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
 
 
 def make_embeddings(path: Path, n: int, d: int, seed: int = 0) -> None:
@@ -137,13 +175,15 @@ def phase_ctr(args: argparse.Namespace) -> dict:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
+    workers = ChildPeak()
     t = time.perf_counter()
     fit_ctr(model(), train, val, epochs=1, batch_size=args.batch_size, device="cpu",
             progress=False)  # fmt: skip
     s = time.perf_counter() - t
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return {"samples": n, "seconds": s, "samples_per_s": n / s, "world": world,
-            "samples_per_s_per_process": n / world / s}  # fmt: skip
+            "samples_per_s_per_process": n / world / s,
+            "loader_worker_peak_rss_mb": workers.stop()}  # fmt: skip
 
 
 def run_phase(args: argparse.Namespace, name: str, *extra: str, torchrun: int = 0) -> dict:
@@ -156,11 +196,14 @@ def run_phase(args: argparse.Namespace, name: str, *extra: str, torchrun: int = 
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
                "--master_port=29581", *base]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for old in args.work.glob(f"phase-{name}-*.json"):
+        old.unlink()
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"phase {name} failed:\n{out.stderr[-4000:]}")
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    files = sorted(args.work.glob(f"phase-{name}-*.json"))
+    rows = [json.loads(f.read_text()) for f in files]
     result = rows[0]
     result["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
     result["wall_s"] = time.perf_counter() - t
@@ -172,7 +215,7 @@ def table(res: dict) -> str:
     i, im, c, cm, d = (res[k] for k in ("index", "index_ram", "ctr", "ctr_ram", "ctr_ddp"))
     return "\n".join([
         f"`python benches/bench_scale.py {res['argv']}` — {res['cpu']}, {res['threads']} "
-        f"threads per process; each phase in its own process (peak RSS = its ru_maxrss).",
+        f"threads per process; each phase in its own process (peak RSS = its VmHWM).",
         "",
         "| phase | N | throughput | in RAM (same code, first rows) | streamed / RAM | peak RSS |",
         "|---|---|---|---|---|---|",
@@ -186,7 +229,9 @@ def table(res: dict) -> str:
         f"| DeepFM + MoC `fit_ctr`, 1 epoch, parquet streamed | {c['samples']:,} samples | "
         f"{c['samples_per_s']:,.0f} samples/s | {cm['samples_per_s']:,.0f} samples/s "
         f"({cm['samples']:,}) | {c['samples_per_s'] / cm['samples_per_s']:.2f} | "
-        f"{c['peak_rss_mb']:,.0f} MB (RAM: {cm['peak_rss_mb']:,.0f} MB) |",
+        f"{c['peak_rss_mb']:,.0f} MB + loader worker "
+        f"{c.get('loader_worker_peak_rss_mb', float('nan')):,.0f} MB "
+        f"(RAM: {cm['peak_rss_mb']:,.0f} MB) |",
         f"| the in-RAM epoch, `torchrun --nproc_per_node=2` (gloo, 1 thread each) | "
         f"{d['samples']:,} samples | {d['samples_per_s_per_process']:,.0f} samples/s per "
         f"process ({d['samples_per_s']:,.0f} together) | | | "
@@ -208,13 +253,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "bench_scale.json")
     p.add_argument("--results", action="store_true", help="write benches/RESULTS.md")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--resume", action="store_true", help="keep the phases already in --out")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.phase:
+    if args.phase:  # one JSON file per process (torchrun's ranks would interleave stdout)
         res = {"index": phase_index, "ctr": phase_ctr}[args.phase](args)
         res["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(res), flush=True)
+        rank = os.environ.get("RANK", "0")
+        (args.work / f"phase-{args.phase}-{rank}.json").write_text(json.dumps(res))
         return
     if args.quick:
         args.items, args.samples, args.compare_items, args.compare_samples = (
@@ -224,19 +271,21 @@ def main() -> None:
     make_embeddings(args.work / "emb.npy", args.items, args.dim)
     make_shards(args.work / "shards", args.samples)
     print(f"data ready in {time.perf_counter() - t:.0f} s", flush=True)
-    res = {
-        "argv": " ".join(sys.argv[1:]),
-        "cpu": platform.processor() or platform.machine(),
-        "threads": args.threads,
-        "index": run_phase(args, "index"),
-        "index_ram": run_phase(args, "index", "--in-memory"),
-        "ctr": run_phase(args, "ctr"),
-        "ctr_ram": run_phase(args, "ctr", "--in-memory"),
-        "ctr_ddp": run_phase(
-            argparse.Namespace(**{**vars(args), "threads": 1}), "ctr", "--in-memory", torchrun=2
-        ),
+    res = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    res.update(argv=" ".join(a for a in sys.argv[1:] if a != "--resume"), threads=args.threads,
+               cpu=platform.processor() or platform.machine())  # fmt: skip
+    one_thread = argparse.Namespace(**{**vars(args), "threads": 1})
+    phases = {
+        "index": lambda: run_phase(args, "index"),
+        "index_ram": lambda: run_phase(args, "index", "--in-memory"),
+        "ctr": lambda: run_phase(args, "ctr"),
+        "ctr_ram": lambda: run_phase(args, "ctr", "--in-memory"),
+        "ctr_ddp": lambda: run_phase(one_thread, "ctr", "--in-memory", torchrun=2),
     }
-    args.out.write_text(json.dumps(res, indent=2))
+    for key, run in phases.items():
+        if key not in res:
+            res[key] = run()
+            args.out.write_text(json.dumps(res, indent=2))  # resumable after each phase
     print(table(res))
     if args.results:
         path = HERE / "RESULTS.md"

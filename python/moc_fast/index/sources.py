@@ -181,7 +181,7 @@ class IterableSource(EmbeddingSource):
 
     def __init__(self, batches: Iterable[Any] | Callable[[], Iterable[Any]], name: str = "X"):
         self.batches, self.name = batches, name
-        self._one_shot = not callable(batches) and iter(batches) is batches  # type: ignore[arg-type]
+        self._one_shot = isinstance(batches, Iterator)  # a generator: one pass only
         self._passes = 0
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
