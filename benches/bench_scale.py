@@ -262,6 +262,11 @@ def main() -> None:
         res["peak_rss_mb"] = peak_rss_mb()
         rank = os.environ.get("RANK", "0")
         (args.work / f"phase-{args.phase}-{rank}.json").write_text(json.dumps(res))
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
         return
     if args.quick:
         args.items, args.samples, args.compare_items, args.compare_samples = (

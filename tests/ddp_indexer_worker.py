@@ -37,6 +37,7 @@ def main(out: str, kind: str) -> None:
     state = {k: v.numpy() for k, v in idx.state_dict().items()}
     np.savez(f"{out}.rank{rank}.npz", codes=idx.encode(embeddings()), **state)
     if dist.is_initialized():
+        dist.barrier()  # every rank done before any tears gloo down (else a rank can abort)
         dist.destroy_process_group()
 
 

@@ -62,6 +62,7 @@ def main(out: str, mode: str, epochs: int = 3) -> None:
         with open(out, "w") as f:
             json.dump(result, f)
     if dist.is_initialized():
+        dist.barrier()  # every rank done before any tears gloo down (else a rank can abort)
         dist.destroy_process_group()
 
 

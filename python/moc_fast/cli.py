@@ -423,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed:
             import torch.distributed as dist
 
+            dist.barrier()  # every rank done before any tears gloo down (else a rank can abort)
             dist.destroy_process_group()
 
 
