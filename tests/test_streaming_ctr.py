@@ -80,15 +80,17 @@ def test_streamed_training_learns_like_in_memory_training(shards):
     loader = torch.utils.data.DataLoader(
         ParquetCTRDataset(folder, batch_size=256, seed=0), batch_size=None, num_workers=1
     )
-    streamed = fit_ctr(model(), loader, val, epochs=4, lr=1e-2, device="cpu", progress=False)
-    memory = fit_ctr(model(), data, val, epochs=4, batch_size=256, lr=1e-2, device="cpu",
+    # 8 epochs: both converge (at 4, runs still in the steep part of learning differed by up
+    # to 0.085 AUC between data draws; at 8 by < 0.01 over six draws)
+    streamed = fit_ctr(model(), loader, val, epochs=8, lr=1e-2, device="cpu", progress=False)
+    memory = fit_ctr(model(), data, val, epochs=8, batch_size=256, lr=1e-2, device="cpu",
                      progress=False)  # fmt: skip
-    assert streamed["best_val_auc"] > 0.8
+    assert streamed["best_val_auc"] > 0.9
     assert abs(streamed["best_val_auc"] - memory["best_val_auc"]) < 0.03
     # a loader for validation gives the AUC the in-memory validation gives
     write_ctr_shards(val, folder.parent / "v")
     vl = ParquetCTRDataset(folder.parent / "v", batch_size=500, shuffle=False)
-    again = fit_ctr(model(), data, vl, epochs=4, batch_size=256, lr=1e-2, device="cpu",
+    again = fit_ctr(model(), data, vl, epochs=8, batch_size=256, lr=1e-2, device="cpu",
                     progress=False)  # fmt: skip
     assert [h["val_auc"] for h in again["history"]] == pytest.approx(
         [h["val_auc"] for h in memory["history"]], abs=1e-9
