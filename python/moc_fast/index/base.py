@@ -47,6 +47,16 @@ def shuffled_batches(
             yield rows[s : s + batch_size]
 
 
+def embedding_blocks(X: Any, input_dim: int, rows: int = ENCODE_CHUNK) -> Iterator[np.ndarray]:
+    """The checked blocks of any embedding source, each with the D an indexer was built for."""
+    for block in as_source(X).blocks(rows):
+        if block.shape[1] != input_dim:
+            raise ValueError(
+                f"X has {block.shape[1]} columns but this indexer was built for D = {input_dim}"
+            )
+        yield block
+
+
 def as_embeddings(X: Any, input_dim: int | None = None, name: str = "X") -> np.ndarray:
     """`X` as a finite float32 (N, D) array; `input_dim` is what a fitted indexer expects."""
     arr = X.detach().cpu().numpy() if isinstance(X, Tensor) else np.asarray(X)
@@ -310,10 +320,7 @@ class VQIndexer(nn.Module, Indexer):
         was_training = self.training
         self.eval()
         out = []
-        for block in as_source(X).blocks(ENCODE_CHUNK):
-            if block.shape[1] != self.input_dim:
-                raise ValueError(f"X has {block.shape[1]} columns but this indexer was built "
-                                 f"for D = {self.input_dim}")  # fmt: skip
+        for block in embedding_blocks(X, self.input_dim):
             z = self.latents(torch.from_numpy(block).to(dev))
             if use_engine:
                 out.append(self._assign_engine(z))

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from moc_fast import engine
-from moc_fast.index.base import ENCODE_CHUNK, Indexer, as_embeddings
+from moc_fast.index.base import Indexer, as_embeddings, embedding_blocks
 from moc_fast.index.sources import EmbeddingSource, as_source, seeded_sample
 
 
@@ -152,10 +152,7 @@ class _TrainingFree(Indexer):
     def encode_raw(self, X: Any) -> np.ndarray:
         self._require_fitted()
         out = []
-        for block in as_source(X).blocks(ENCODE_CHUNK):
-            if block.shape[1] != self.input_dim:
-                raise ValueError(f"X has {block.shape[1]} columns but this indexer was built "
-                                 f"for D = {self.input_dim}")  # fmt: skip
+        for block in embedding_blocks(X, self.input_dim):
             out.append(engine.assign_residual(self.proj.forward(block), self.codebooks_)[0])
         if not out:
             return np.zeros((0, self.num_codes), dtype=np.int64)
