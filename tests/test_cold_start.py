@@ -103,7 +103,9 @@ def test_a_trained_model_scores_items_added_after_training():
         x, y = samples(rng, topic, liked, old, n)
         xt = torch.from_numpy(x)
         data[name] = CTRData(xt, torch.from_numpy(y), codes=model.item_codes(xt[:, 1]))
-    fit_ctr(model, data["train"], data["val"], epochs=6, batch_size=512, lr=3e-3,
+    # 12 epochs: trained to convergence (at 6, the new-item AUC ranged 0.78-0.96 over model
+    # initialisations; at 10, >= 0.997 over 12 initialisations)
+    fit_ctr(model, data["train"], data["val"], epochs=12, batch_size=512, lr=3e-3,
             device="cpu", progress=False)  # fmt: skip
     added = model.item_codes.add_items(indexer=idx, embeddings=emb[new])
     assert added.tolist() == new.tolist()
@@ -113,7 +115,7 @@ def test_a_trained_model_scores_items_added_after_training():
         p = torch.sigmoid(model(torch.from_numpy(x))).numpy()  # ids only: codes looked up
         assert np.isfinite(p).all()
         wrong = torch.sigmoid(model(torch.from_numpy(x), codes=torch.zeros(len(x), 2).long()))
-    assert auc_score(y, p) > 0.8  # new items ranked by their codes, no retraining
+    assert auc_score(y, p) > 0.95  # new items ranked by their codes, no retraining
     assert auc_score(y, wrong.numpy()) < 0.7  # and it is the codes that carry it
     # the same scores through the training pipeline's path with explicit codes
     xt = torch.from_numpy(x)
