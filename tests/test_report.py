@@ -1,11 +1,18 @@
-"""The study report: paired deltas against ID-only, scales chosen on validation, plots."""
+"""The study report: paired deltas against ID-only and between methods, scales chosen on
+validation, plots."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from moc_fast.report import chosen_on_validation, paired_deltas, write_report
+from moc_fast.report import (
+    chosen_on_validation,
+    head_to_head,
+    markdown,
+    paired_deltas,
+    write_report,
+)
 from moc_fast.study import write_results
 
 
@@ -35,6 +42,19 @@ def test_paired_deltas_pair_runs_by_seed():
     assert ("rqvae", 3) not in d and ("popularity", 1) not in d
 
 
+def test_head_to_head_pairs_methods_at_the_same_scale_and_seed():
+    me = [(3, 0, 0.650), (3, 1, 0.667), (7, 0, 0.690)]
+    rows = ROWS + [_row("me", sc, seed, 0.7, t) for sc, seed, t in me]
+    rows.append(_row("me", 3, 0, 0.7, 0.6, backbone="dcnv2"))
+    d = head_to_head(rows, "moc-gate", "me")
+    assert d[("d", "deepfm")] == {3: pytest.approx([0.005, -0.010]), 7: pytest.approx([0.010])}
+    assert ("d", "dcnv2") not in d  # no MoC run there to pair with
+    text = markdown(rows)
+    assert "| moc-gate − me | 3x | -0.0025 (1/2) | -0.0025 ± 0.0953 (1/2) |" in text
+    assert "| moc-gate − me | 7x | +0.0100 (1/1) | +0.0100 ± nan (1/1) |" in text
+    assert "moc-residual − rqvae" not in text  # neither ran
+
+
 def test_scale_is_chosen_on_validation_not_test():
     chosen = chosen_on_validation(ROWS)[("d", "deepfm")]
     scale, val, test = chosen["moc-gate"]
@@ -60,8 +80,6 @@ def test_report_has_tables_and_plots(tmp_path):
 
 
 def test_std_is_the_sample_std_and_absent_for_one_run():
-    from moc_fast.report import markdown
-
     text = markdown(ROWS)
     assert "0.6550 ± 0.0071 (n=2)" in text  # id-only: std of [0.650, 0.660] with ddof = 1
     assert "| 0.5800 (n=1) |" in text and "0.5800 ±" not in text  # popularity: one run

@@ -52,6 +52,23 @@ def paired_deltas(rows: list[dict], base: str = "id-only") -> dict[tuple, dict[t
     return out
 
 
+def head_to_head(rows: list[dict], method: str, base: str) -> dict[tuple, dict[int, list]]:
+    """{(dataset, backbone): {scale: [test AUC of `method` - `base`'s, per seed]}}: the two
+    methods at the same scale, paired by dataset, backbone and seed — the paper's question
+    (does MoC scale better than ME and RQ-VAE?) asked run by run."""
+    ref = {
+        (r["dataset"], r["backbone"], int(r["scale"]), r["seed"]): _f(r["test_auc"])
+        for r in rows
+        if r["method"] == base
+    }
+    out: dict[tuple, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["dataset"], r["backbone"], int(r["scale"]), r["seed"])
+        if r["method"] == method and key in ref:
+            out[key[:2]][key[2]].append(_f(r["test_auc"]) - ref[key])
+    return out
+
+
 def chosen_on_validation(rows: list[dict]) -> dict[tuple, dict[str, tuple[int, float, float]]]:
     """{(dataset, backbone): {method: (scale, mean val AUC, mean test AUC)}} with the scale
     picked by validation AUC only."""
@@ -155,7 +172,7 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
     lines = [
         "",
         "## Δ test AUC vs ID-only, paired by seed (mean Δ; runs better than ID-only / runs; "
-        "\"all\": mean Δ ± the 95% t interval over every paired run)",
+        '"all": mean Δ ± the 95% t interval over every paired run)',
         "",
         "| method | scale | " + " | ".join(f"{d} / {b}" for d, b in cols) + " | all |",
         "|---|---|" + "---|" * (len(cols) + 1),
@@ -169,6 +186,7 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
         out.append(f"{np.mean(pooled):+.4f} ± {t_interval(pooled):.4f} "
                    f"({sum(x > 0 for x in pooled)}/{len(pooled)})")  # fmt: skip
         lines.append(f"| {cell[0]} | {cell[1]}x | " + " | ".join(out) + " |")
+    lines += _head_to_head_markdown(rows, cols)
     chosen = chosen_on_validation(rows)
     cols = sorted(chosen)
     methods = sorted({m for t in chosen.values() for m in t})
@@ -185,6 +203,37 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
             sc, _, test = chosen[c].get(m, (0, 0.0, float("nan")))
             out.append(f"{sc}x: {test:.4f}" if sc else "")
         lines.append(f"| {m} | " + " | ".join(out) + " |")
+    return lines
+
+
+_CHALLENGERS = ("moc-gate", "moc-residual")
+_BASELINES = ("me", "rqvae")
+
+
+def _head_to_head_markdown(rows: list[dict], cols: list[tuple]) -> list[str]:
+    """MoC against ME and RQ-VAE at each scale, paired run by run."""
+    pairs = [(m, b) for m in _CHALLENGERS for b in _BASELINES]
+    tables = {p: head_to_head(rows, *p) for p in pairs}
+    if not any(tables.values()):
+        return []
+    lines = [
+        "",
+        "## MoC vs ME and RQ-VAE at the same scale, paired by seed (mean Δ test AUC; runs where "
+        'MoC is better / runs; "all": mean Δ ± the 95% t interval)',
+        "",
+        "| MoC − baseline | scale | " + " | ".join(f"{d} / {b}" for d, b in cols) + " | all |",
+        "|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for (m, b), table in tables.items():
+        for sc in sorted({s for t in table.values() for s in t}):
+            out, pooled = [], []
+            for c in cols:
+                v = table.get(c, {}).get(sc, [])
+                pooled += v
+                out.append(f"{np.mean(v):+.4f} ({sum(x > 0 for x in v)}/{len(v)})" if v else "")
+            out.append(f"{np.mean(pooled):+.4f} ± {t_interval(pooled):.4f} "
+                       f"({sum(x > 0 for x in pooled)}/{len(pooled)})")  # fmt: skip
+            lines.append(f"| {m} − {b} | {sc}x | " + " | ".join(out) + " |")
     return lines
 
 
