@@ -163,6 +163,17 @@ def _extra_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _delta_cells(per_column: list[list[float]]) -> list[str]:
+    """One table row of paired Δs: mean (positive runs / runs) per column, then all columns
+    pooled with the 95% t interval."""
+    out = [f"{np.mean(v):+.4f} ({sum(x > 0 for x in v)}/{len(v)})" if v else ""
+           for v in per_column]  # fmt: skip
+    pooled = [x for v in per_column for x in v]
+    out.append(f"{np.mean(pooled):+.4f} ± {t_interval(pooled):.4f} "
+               f"({sum(x > 0 for x in pooled)}/{len(pooled)})")  # fmt: skip
+    return out
+
+
 def _paired_markdown(rows: list[dict]) -> list[str]:
     deltas = paired_deltas(rows)
     if not deltas:
@@ -178,13 +189,7 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
         "|---|---|" + "---|" * (len(cols) + 1),
     ]
     for cell in cells:
-        out, pooled = [], []
-        for c in cols:
-            v = deltas[c].get(cell, [])
-            pooled += v
-            out.append(f"{np.mean(v):+.4f} ({sum(x > 0 for x in v)}/{len(v)})" if v else "")
-        out.append(f"{np.mean(pooled):+.4f} ± {t_interval(pooled):.4f} "
-                   f"({sum(x > 0 for x in pooled)}/{len(pooled)})")  # fmt: skip
+        out = _delta_cells([deltas[c].get(cell, []) for c in cols])
         lines.append(f"| {cell[0]} | {cell[1]}x | " + " | ".join(out) + " |")
     lines += _head_to_head_markdown(rows, cols)
     chosen = chosen_on_validation(rows)
@@ -226,13 +231,7 @@ def _head_to_head_markdown(rows: list[dict], cols: list[tuple]) -> list[str]:
     ]
     for (m, b), table in tables.items():
         for sc in sorted({s for t in table.values() for s in t}):
-            out, pooled = [], []
-            for c in cols:
-                v = table.get(c, {}).get(sc, [])
-                pooled += v
-                out.append(f"{np.mean(v):+.4f} ({sum(x > 0 for x in v)}/{len(v)})" if v else "")
-            out.append(f"{np.mean(pooled):+.4f} ± {t_interval(pooled):.4f} "
-                       f"({sum(x > 0 for x in pooled)}/{len(pooled)})")  # fmt: skip
+            out = _delta_cells([table.get(c, {}).get(sc, []) for c in cols])
             lines.append(f"| {m} − {b} | {sc}x | " + " | ".join(out) + " |")
     return lines
 
