@@ -191,7 +191,6 @@ def _paired_markdown(rows: list[dict]) -> list[str]:
     for cell in cells:
         out = _delta_cells([deltas[c].get(cell, []) for c in cols])
         lines.append(f"| {cell[0]} | {cell[1]}x | " + " | ".join(out) + " |")
-    lines += _head_to_head_markdown(rows, cols)
     chosen = chosen_on_validation(rows)
     cols = sorted(chosen)
     methods = sorted({m for t in chosen.values() for m in t})
@@ -215,11 +214,12 @@ _CHALLENGERS = ("moc-gate", "moc-residual")
 _BASELINES = ("me", "rqvae")
 
 
-def _head_to_head_markdown(rows: list[dict], cols: list[tuple]) -> list[str]:
+def _head_to_head_markdown(rows: list[dict]) -> list[str]:
     """MoC against ME and RQ-VAE at each scale, paired run by run."""
     pairs = [(m, b) for m in _CHALLENGERS for b in _BASELINES]
     tables = {p: head_to_head(rows, *p) for p in pairs}
-    if not any(tables.values()):
+    cols = sorted({c for t in tables.values() for c in t})
+    if not cols:
         return []
     lines = [
         "",
@@ -280,6 +280,7 @@ def markdown(rows: list[dict], source: str = "results.csv") -> str:
         else "",
     ]
     lines += _paired_markdown(rows)
+    lines += _head_to_head_markdown(rows)
     lines += _extra_markdown(rows)
     lines += [
         "",
