@@ -6,6 +6,11 @@ identical up to where it would have stopped, so this shows what each patience wo
 kept and what it would have missed. Writes a markdown table.
 
     .venv/bin/python scripts/patience_check.py --out docs/results/patience_check.md
+    .venv/bin/python scripts/patience_check.py --config docs/results/uniform_toys.yaml \
+        --cells me:2:deepfm --out docs/results/patience_check_toys.md
+
+`--config` takes a study config's training settings (regularisation, sampler, dataset...);
+`--epochs` then replaces its epoch budget and early stopping is switched off.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from moc_fast.cli import load_config
 from moc_fast.fileio import atomic_write_bytes
 from moc_fast.study import StudyConfig, StudyData, run_cell
 from moc_fast.train import early_stop
@@ -25,7 +31,8 @@ DEFAULT_CELLS = "id-only:1:deepfm,rqvae:3:deepfm,moc-gate:7:deepfm,moc-gate:7:dc
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default=str(BEAUTY))
+    ap.add_argument("--config", help="study YAML/JSON whose settings the cells train with")
+    ap.add_argument("--dataset", help=f"dataset folder (default: the config's first, or {BEAUTY})")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cells", default=DEFAULT_CELLS, help="method:scale:backbone,...")
@@ -33,12 +40,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     patiences = [int(p) for p in args.patience.split(",")]
+    base = load_config(args.config)
+    dataset = args.dataset or (base.get("datasets") or [str(BEAUTY)])[0]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = StudyConfig(
-            datasets=[args.dataset], epochs=args.epochs, patience=args.epochs, out=tmp,
-            progress=False,
-        )  # fmt: skip
-        data = StudyData(args.dataset, cfg)
+        cfg = StudyConfig.from_dict({
+            **base, "datasets": [dataset], "epochs": args.epochs, "patience": args.epochs,
+            "out": tmp, "progress": False,
+        })  # fmt: skip
+        data = StudyData(dataset, cfg)
         rows = []
         for cell in args.cells.split(","):
             method, scale, backbone = cell.split(":")
@@ -51,7 +60,7 @@ def main() -> None:
     )
     lines = [
         f"# Early-stopping check ({data.name}, seed {args.seed}, {args.epochs} epochs, "
-        "no early stopping)",
+        f"no early stopping{', settings of ' + args.config if args.config else ''})",
         "",
         "Each cell trained for every epoch; the stopping rule replayed on its validation curve.",
         "",

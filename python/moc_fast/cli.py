@@ -85,7 +85,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_config(path: str | None) -> dict:
+def load_config(path: str | None) -> dict:
+    """A study config file (YAML or JSON) as a dict of StudyConfig keys; {} without a path."""
     if not path:
         return {}
     text = Path(path).read_text()
@@ -99,7 +100,7 @@ def _load_config(path: str | None) -> dict:
 def _study_config(args: argparse.Namespace, base: dict):
     from moc_fast.study import StudyConfig
 
-    cfg = {**base, **_load_config(getattr(args, "config", None))}
+    cfg = {**base, **load_config(getattr(args, "config", None))}
     for key in ("datasets", "methods", "backbones"):
         if getattr(args, key, None):
             cfg[key] = getattr(args, key).split(",")
