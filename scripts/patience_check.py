@@ -10,7 +10,8 @@ kept and what it would have missed. Writes a markdown table.
         --cells me:2:deepfm --out docs/results/patience_check_toys.md
 
 `--config` takes a study config's training settings (regularisation, sampler, dataset...);
-`--epochs` then replaces its epoch budget and early stopping is switched off.
+`--epochs` then replaces its epoch budget and early stopping is switched off; the replay
+keeps the config's `min_epochs`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> None:
         best = max(range(len(curve)), key=curve.__getitem__)
         cols = []
         for p in patiences:
-            b, stop = early_stop(curve, p)
+            b, stop = early_stop(curve, p, base.get("min_epochs", 0))
             cols.append(f"{b} / {stop}, {curve[best] - curve[b - 1]:.4f}")
         trace = " ".join(f"{v:.4f}" for v in curve)
         lines.append(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moc_fast.nn import BACKBONES, CTRModel, MoCEmbedding, MultiEmbedding, make_backbone
 from moc_fast.train import CTRData, auc_score, early_stop, evaluate, fit_ctr
@@ -231,24 +233,48 @@ def test_early_stop_replays_fit_ctr_on_a_longer_curve(ctr):
     curve must give what the early-stopped run did (what patience_check.py relies on)."""
     train, val, _, dims = ctr
     runs = []
-    for patience in (12, 2):
+    for patience, min_epochs in ((12, 0), (2, 0), (2, 8)):
         torch.manual_seed(0)
         model = CTRModel(dims, embed_dim=8, backbone="dnn")
         runs.append(
             fit_ctr(model, train, val, epochs=12, batch_size=256, lr=3e-2, patience=patience,
-                    seed=0, progress=False)
+                    min_epochs=min_epochs, seed=0, progress=False)
         )  # fmt: skip
-    full, short = runs
+    full, short, warm = runs
     curve = [h["val_auc"] for h in full["history"]]
     assert len(curve) == 12
     assert early_stop(curve, 2) == (short["best_epoch"], short["epochs_run"])
     assert early_stop(curve, 12)[0] == full["best_epoch"]
+    assert early_stop(curve, 2, 8) == (warm["best_epoch"], warm["epochs_run"])
+    assert warm["epochs_run"] >= 8
 
 
 def test_early_stop_rule():
     assert early_stop([0.5, 0.6, 0.55, 0.58, 0.7], 3) == (5, 5)  # a dip of 2 is survived
     assert early_stop([0.5, 0.6, 0.55, 0.58, 0.59, 0.7], 3) == (2, 5)  # a dip of 3 is not
     assert early_stop([0.5], 3) == (1, 1)
+    dip = [0.58, 0.57, 0.57, 0.57, 0.59, 0.62, 0.63]  # popularity level, a dip, then learning
+    assert early_stop(dip, 3) == (1, 4)
+    assert early_stop(dip, 3, min_epochs=5) == (7, 7)
+    assert early_stop([0.6, 0.5, 0.5, 0.5, 0.5, 0.5], 3, min_epochs=5) == (1, 5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    curve=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=30),
+    patience=st.integers(1, 6),
+    min_epochs=st.integers(0, 30),
+)
+def test_a_warm_up_changes_only_runs_that_stopped_inside_it(curve, patience, min_epochs):
+    """What lets a warm-up be added to a finished grid: a run the plain rule stopped at or
+    after `min_epochs` stops at the same epoch with the same best epoch under the warm-up."""
+    plain = early_stop(curve, patience)
+    warm = early_stop(curve, patience, min_epochs)
+    if plain[1] >= min_epochs:
+        assert warm == plain
+    else:
+        assert warm[1] >= min(min_epochs, len(curve))
+        assert curve[warm[0] - 1] >= curve[plain[0] - 1]
 
 
 def test_auc_matches_pairwise_counting():

@@ -118,6 +118,18 @@ def test_split_matched_negatives_follow_the_positives_so_popularity_is_chance():
         build_ctr(data, sampler="popular")
 
 
+def test_min_epochs_keeps_early_stopping_off_during_the_warm_up(cache):
+    runs = {}
+    for warm_up in (0, 8):
+        cfg = StudyConfig(**{**FAST, "epochs": 8, "lr": 0.01}, patience=1, min_epochs=warm_up)
+        runs[warm_up], _ = train_cell(StudyData("synthetic", cfg), "id-only", 1, "deepfm", 0)
+    assert runs[0]["epochs"] < 8  # the plain rule stops this run early...
+    assert runs[8]["epochs"] == 8  # ...the warm-up does not, and the runs agree until then
+    assert runs[8]["val_curve"][: runs[0]["epochs"]] == runs[0]["val_curve"]
+    with pytest.raises(ValueError, match="min_epochs"):
+        StudyConfig(min_epochs=-1)
+
+
 def test_embedding_regulariser_shrinks_the_tables(cache):
     norms = {}
     for lam in (0.0, 1e-2):

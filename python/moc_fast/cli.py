@@ -230,6 +230,7 @@ def _train(args: argparse.Namespace) -> int:
         backbones=[args.backbone],
         epochs=args.epochs,
         patience=args.patience,
+        min_epochs=args.min_epochs,
         out=args.out,
         device=args.device,
         progress=not args.quiet,
@@ -371,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--epochs", type=int, default=20, help="max epochs (early stopping)")
     train.add_argument("--patience", type=int, default=3, help="epochs without a better val AUC")
+    train.add_argument("--min-epochs", type=int, default=0,
+                       help="no early stop before this epoch (a warm-up)")  # fmt: skip
     train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     train.add_argument("--codes", help="codes .npy from `encode` (one row per dataset item)")
     train.add_argument("--indexer", help="an indexer file from `index` (encodes the items)")

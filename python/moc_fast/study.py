@@ -70,6 +70,7 @@ class StudyConfig:
     embed_dim: int = 16
     epochs: int = 20
     patience: int = 3
+    min_epochs: int = 0  # no early stop before this epoch (warm-up; see fit_ctr)
     batch_size: int = 4096
     lr: float = 1e-3
     embedding_l2: float = 0.0  # λ on Σ‖embedding tables‖² (FuxiCTR's embedding_regularizer)
@@ -97,6 +98,8 @@ class StudyConfig:
         for b in self.backbones:
             if b.lower() not in BACKBONES:
                 raise ValueError(f"unknown backbone {b!r}: expected one of {sorted(BACKBONES)}")
+        if self.min_epochs < 0:
+            raise ValueError(f"min_epochs must be >= 0, got {self.min_epochs}")
         if not self.scales or min(self.scales) < 1:
             raise ValueError(f"scales must be integers >= 1, got {self.scales}")
 
@@ -353,6 +356,7 @@ def train_cell(
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         patience=cfg.patience,
+        min_epochs=cfg.min_epochs,
         seed=seed,
         device=cfg.device,
         progress=cfg.progress,

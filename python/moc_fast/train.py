@@ -135,16 +135,21 @@ def auc_by_item_count(y: np.ndarray, p: np.ndarray, counts: np.ndarray) -> dict[
     return out
 
 
-def early_stop(val_curve: list[float], patience: int) -> tuple[int, int]:
+def early_stop(val_curve: list[float], patience: int, min_epochs: int = 0) -> tuple[int, int]:
     """(best epoch, epochs run) that `fit_ctr`'s rule gives on a validation-AUC curve
-    (epochs from 1): stop `patience` epochs after the last improvement."""
+    (epochs from 1): stop `patience` epochs after the last improvement, but not before epoch
+    `min_epochs`."""
     best, best_epoch = -math.inf, 0
     for epoch, auc in enumerate(val_curve, 1):
         if auc > best:
             best, best_epoch = auc, epoch
-        elif epoch - best_epoch >= patience:
+        elif _stops(epoch, best_epoch, patience, min_epochs):
             return best_epoch, epoch
     return best_epoch, len(val_curve)
+
+
+def _stops(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
+    return epoch >= min_epochs and epoch - best_epoch >= patience
 
 
 def _distributed() -> tuple[int, int]:
@@ -210,6 +215,7 @@ def fit_ctr(
     lr: float = 1e-3,
     weight_decay: float = 1e-6,
     patience: int = 3,
+    min_epochs: int = 0,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -221,6 +227,9 @@ def fit_ctr(
 ) -> dict[str, Any]:
     """Adam + BCE; stop after `patience` epochs without a better validation AUC and restore
     the best weights. Returns the history (per-epoch loss / val AUC) and the best epoch.
+    `min_epochs`: no early stop before that epoch (a warm-up, like Keras' `start_from_epoch`:
+    under uniform negatives validation AUC can first reach the popularity level and then dip
+    for a few epochs before personalisation takes over; a short patience stops inside the dip).
     `desc` labels the progress (one step per epoch; a batch bar too on a terminal).
     `embedding_l2` / `net_l2` add λ·Σ‖θ‖² over the embedding tables / the other weight
     matrices to the loss (FuxiCTR's `embedding_regularizer` / `net_regularizer`).
@@ -241,6 +250,8 @@ def fit_ctr(
     """
     if isinstance(train, CTRData) and len(train) == 0 or isinstance(val, CTRData) and not len(val):
         raise ValueError("train and val must be non-empty")
+    if min_epochs < 0:
+        raise ValueError(f"min_epochs must be >= 0, got {min_epochs}")
     dev = (
         torch.device(device)
         if device
@@ -283,7 +294,7 @@ def fit_ctr(
         epochs_bar = Progress(epochs, desc, progress)
         if first > 1:
             epochs_bar.update(first - 1)
-        stopped = first > 1 and first - 1 - best["epoch"] >= patience
+        stopped = first > 1 and _stops(first - 1, best["epoch"], patience, min_epochs)
         for epoch in range(first, epochs + 1):
             if stopped:
                 break
@@ -326,7 +337,7 @@ def fit_ctr(
             epochs_bar.update(1, loss=f"{total / batches:.4f}", val_auc=f"{val_auc:.4f}")
             if val_auc > best["auc"]:
                 best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            elif epoch - best["epoch"] >= patience:
+            elif _stops(epoch, best["epoch"], patience, min_epochs):
                 stopped = True
             if ckpt is not None and rank == 0:
                 _save_checkpoint(ckpt, {
