@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from moc_fast.cli import load_config
-from moc_fast.study import cell_key, read_results, spectrum_name
+from moc_fast.study import IA_COLUMNS, cell_key, read_results, spectrum_name
 
 WALL_TIME = {"seconds"}
 
@@ -48,7 +48,7 @@ def differences(recorded: dict, fresh: dict, recorded_dir: Path, fresh_dir: Path
         for col in recorded
         if col not in WALL_TIME and recorded[col] != fresh.get(col)
     ]
-    for rep in ("codes", "collision", "fused", "item_id"):
+    for rep in IA_COLUMNS:  # every representation that may have a spectra file
         name = spectrum_name(recorded, rep)
         a, b = recorded_dir / "spectra" / name, fresh_dir / "spectra" / name
         if a.exists() != b.exists():
