@@ -15,6 +15,7 @@ import argparse
 import math
 from pathlib import Path
 
+from moc_fast.data.protocol import SAMPLERS
 from moc_fast.fileio import atomic_write_bytes
 from moc_fast.study import StudyConfig, StudyData, train_cell
 from moc_fast.train import evaluate
@@ -28,16 +29,19 @@ def main(argv=None) -> int:
     parser.add_argument("--net-l2", default="0", help="values to try")
     parser.add_argument("--dropout", type=float, default=0.2, help="fixed dropout")
     parser.add_argument("--epochs", type=int, default=20, help="max epochs (early stopping)")
+    parser.add_argument("--min-epochs", type=int, default=0, help="no early stop before this")
+    parser.add_argument("--sampler", default="uniform", choices=SAMPLERS, help="negatives")
     parser.add_argument("--out", required=True, help="markdown file to write")
     args = parser.parse_args(argv)
     grid = [(float(e), float(n)) for e in args.embedding_l2.split(",")
             for n in args.net_l2.split(",")]  # fmt: skip
     lines = [
-        "# Regularisation chosen on validation AUC (ID-only, seed 0)",
+        f"# Regularisation chosen on validation AUC (ID-only, seed 0, {args.sampler} negatives)",
         "",
         f"`python scripts/choose_regularisation.py --datasets {args.datasets} --backbone "
         f"{args.backbone} --embedding-l2 {args.embedding_l2} --net-l2 {args.net_l2} --dropout "
-        f"{args.dropout} --epochs {args.epochs}`. ln 2 = {math.log(2):.4f}: a logloss above it "
+        f"{args.dropout} --epochs {args.epochs} --min-epochs {args.min_epochs} --sampler "
+        f"{args.sampler}`. ln 2 = {math.log(2):.4f}: a logloss above it "
         "is worse than always predicting 0.5.",
         "",
         "| dataset | embedding_l2 | net_l2 | val AUC | val logloss | test AUC | test logloss "
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
         ds = None
         for emb, net in grid:
             cfg = StudyConfig(datasets=[spec], epochs=args.epochs, embedding_l2=emb, net_l2=net,
-                              dropout=args.dropout, progress=False)  # fmt: skip
+                              dropout=args.dropout, min_epochs=args.min_epochs,
+                              sampler=args.sampler, progress=False)  # fmt: skip
             ds = StudyData(spec, cfg) if ds is None else ds
             ds.cfg = cfg
             row, model = train_cell(ds, "id-only", 1, args.backbone, 0)
