@@ -88,8 +88,32 @@ def test_ema_moves_codewords_towards_their_members():
     assert not vq.codebook.requires_grad
 
 
+@torch.no_grad()
+def _assert_moc_codes_within_tie(idx, X: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Two encodings of X by one MoC indexer differ only on near-ties of their codebook."""
+    idx.eval()
+    z = idx.latents(torch.from_numpy(X))
+    for j, q in enumerate(idx.quantizers):
+        zj = q._prepare(idx._latent_of(z, j)).numpy()
+        metric = "ip" if q.metric == "cosine" else "l2"
+        assert mf.within_tie(zj, q.normalized_codebook().numpy(), a[:, j], b[:, j], metric).all()
+
+
+@torch.no_grad()
+def _assert_residual_codes_within_tie(idx, X: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Two residual encodings agree until a level where they take near-tied codewords; past
+    that level the residuals differ, so the later codes may too."""
+    idx.eval()
+    res = idx.latents(torch.from_numpy(X)).numpy()
+    agreed = np.ones(len(X), dtype=bool)  # rows whose codes agreed on every earlier level
+    for level, cb in enumerate(idx.codebooks().numpy()):
+        assert mf.within_tie(res[agreed], cb, a[agreed, level], b[agreed, level]).all()
+        agreed &= a[:, level] == b[:, level]
+        res = res - cb[a[:, level]]
+
+
 @pytest.mark.parametrize("latent", ["per_codebook", "shared"])
-def test_moc_fits_real_items_beats_the_mean_and_encodes_identically(beauty, latent):
+def test_moc_fits_real_items_beats_the_mean_and_encode_paths_agree_up_to_ties(beauty, latent):
     idx = mf.MoCIndexer(num_codebooks=3, codebook_size=64, latent_dim=16, latent=latent, seed=1)
     idx.fit(beauty, epochs=15, batch_size=128, progress=False)
     assert idx.reconstruct(beauty[:500]).shape == (500, 384)
@@ -98,7 +122,8 @@ def test_moc_fits_real_items_beats_the_mean_and_encodes_identically(beauty, late
     rust = idx.encode_raw(beauty, backend="engine")
     torch_codes = idx.encode_raw(beauty, backend="torch")
     assert rust.shape == (2000, 3) and rust.dtype == np.int64
-    np.testing.assert_array_equal(rust, torch_codes)
+    assert (rust == torch_codes).mean() > 0.99  # the tie contract allows differences on ties only
+    _assert_moc_codes_within_tie(idx, beauty, rust, torch_codes)
     np.testing.assert_array_equal(idx.encode(beauty), rust)  # MoC appends no collision code
 
 
@@ -108,7 +133,7 @@ def test_rqvae_encode_appends_a_collision_code_that_makes_ids_unique(beauty):
     codes = idx.encode(beauty)
     assert codes.shape == (2000, 3)
     assert len({tuple(r) for r in codes.tolist()}) == 2000
-    np.testing.assert_array_equal(codes[:, :2], idx.encode_raw(beauty, backend="torch"))
+    _assert_residual_codes_within_tie(idx, beauty, codes[:, :2], idx.encode_raw(beauty, "torch"))
     assert float(((idx.reconstruct(beauty) - beauty) ** 2).mean()) < 0.9 * _variance(beauty)
 
 

@@ -5,9 +5,11 @@ k-means, residual quantisation and semantic-ID bookkeeping. See the README for t
 """
 
 from moc_fast.engine import (
+    TIE_RTOL,
     assign,
     assign_multi,
     assign_residual,
+    available_kernels,
     code_stats,
     default_num_threads,
     kernel_name,
@@ -16,6 +18,7 @@ from moc_fast.engine import (
     resolve_collisions,
     rq_kmeans,
     unpack_codes,
+    within_tie,
 )
 
 __version__ = "0.1.0"
@@ -49,6 +52,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     *_LAZY,
+    "TIE_RTOL",
+    "available_kernels",
+    "within_tie",
     "assign",
     "assign_multi",
     "assign_residual",

@@ -13,7 +13,7 @@
 //! the lowest index), so it does not change with the thread count or the block a row falls in.
 
 use crate::error::{check_finite, Error, Result};
-use crate::kernel::{kernels, Epilogue, ReduceFn, TileArgminFn, TileFn, LANES, MR, NR};
+use crate::kernel::{self, Epilogue, Isa, ReduceFn, TileArgminFn, TileFn, LANES, MR, NR};
 use crate::parallel;
 use rayon::prelude::*;
 
@@ -143,14 +143,14 @@ pub(crate) struct KernelSet {
 }
 
 impl KernelSet {
-    pub fn new() -> Self {
-        KernelSet { packed: kernels(false), rows: kernels(true) }
+    /// The kernels of `isa` (portable where this CPU cannot run `isa`).
+    pub fn of(isa: Isa) -> Self {
+        KernelSet { packed: isa.kernels(false), rows: isa.kernels(true) }
     }
-}
 
-impl Default for KernelSet {
-    fn default() -> Self {
-        Self::new()
+    /// The kernels of this process's kernel ([`kernel::selected`]).
+    pub fn selected() -> Result<Self> {
+        Ok(Self::of(kernel::selected()?))
     }
 }
 
@@ -272,6 +272,22 @@ pub fn assign(
     metric: Metric,
     threads: usize,
 ) -> Result<(Vec<i64>, Vec<f32>)> {
+    assign_using(kernel::selected()?, x, n, d, codebook, k, metric, threads)
+}
+
+/// [`assign`] with the kernels of `isa` (portable where this CPU cannot run them), whatever
+/// this process selected: for comparing kernels in one process.
+#[allow(clippy::too_many_arguments)]
+pub fn assign_using(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    d: usize,
+    codebook: &[f32],
+    k: usize,
+    metric: Metric,
+    threads: usize,
+) -> Result<(Vec<i64>, Vec<f32>)> {
     check_codebook(codebook, k, d)?;
     check_len("x", x.len(), n * d, "N*d")?;
     let mut codes = vec![0i64; n];
@@ -280,7 +296,7 @@ pub fn assign(
         check_finite("x", x, d)?;
         check_finite("codebook", codebook, d)?;
         let cb = PackedCodebook::new(codebook, k, d, metric);
-        let ks = KernelSet::new();
+        let ks = KernelSet::of(isa);
         let mb = block_rows(d);
         codes
             .par_chunks_mut(mb)
@@ -323,7 +339,7 @@ pub fn assign_multi(
             .chunks_exact(k * d)
             .map(|c| PackedCodebook::new(c, k, d, metric))
             .collect();
-        let ks = KernelSet::new();
+        let ks = KernelSet::selected()?;
         let mb = block_rows(d);
         out.par_chunks_mut(mb * m).enumerate().for_each_init(
             || (Scratch::new(), vec![0i64; MB], vec![0f32; MB]),
@@ -370,7 +386,7 @@ pub fn assign_residual(
             .chunks_exact(k * d)
             .map(|c| (c, PackedCodebook::new(c, k, d, Metric::L2)))
             .collect();
-        let ks = KernelSet::new();
+        let ks = KernelSet::selected()?;
         let mb = block_rows(d);
         out.par_chunks_mut(mb * levels)
             .zip(residual.par_chunks_mut(mb * d))
@@ -421,11 +437,11 @@ mod tests {
     #[test]
     fn matches_brute_force_on_awkward_shapes() {
         let shapes = [(1, 1, 1), (13, 3, 5), (100, 17, 33), (49, 300, 70), (61, 8, 1500), (7, 1100, 40), (200, 1024, 33)];
-        for &(n, d, k) in &shapes {
+        for (isa, &(n, d, k)) in Isa::available().into_iter().flat_map(|i| shapes.iter().map(move |s| (i, s))) {
             for metric in [Metric::L2, Metric::InnerProduct] {
                 let x = lcg(n * d, n as u64);
                 let cb = lcg(k * d, k as u64 + 7);
-                let (codes, score) = assign(&x, n, d, &cb, k, metric, 2).unwrap();
+                let (codes, score) = assign_using(isa, &x, n, d, &cb, k, metric, 2).unwrap();
                 for (i, row) in x.chunks(d).enumerate() {
                     let all: Vec<f64> = cb.chunks(d).map(|w| exact(row, w, metric)).collect();
                     let best = match metric {
@@ -434,8 +450,8 @@ mod tests {
                     };
                     let chosen = all[codes[i] as usize];
                     // The chosen code is optimal up to float32 rounding, and its score is reported.
-                    assert!((chosen - best).abs() < 1e-4 * (1.0 + best.abs()), "row {i}");
-                    assert!((score[i] as f64 - chosen).abs() < 1e-3 * (1.0 + best.abs()), "row {i}");
+                    assert!((chosen - best).abs() < 1e-4 * (1.0 + best.abs()), "{isa:?} row {i}");
+                    assert!((score[i] as f64 - chosen).abs() < 1e-3 * (1.0 + best.abs()), "{isa:?} row {i}");
                 }
             }
         }
@@ -449,6 +465,18 @@ mod tests {
         let one = assign(&x, n, d, &cb, k, Metric::L2, 1).unwrap();
         let two = assign(&x, n, d, &cb, k, Metric::L2, 2).unwrap();
         assert_eq!(one, two);
+    }
+
+    #[test]
+    fn simd_kernels_give_identical_codes_and_scores() {
+        let simd: Vec<Isa> = Isa::available().into_iter().filter(|&i| i != Isa::Portable).collect();
+        for &(n, d, k) in &[(301, 16, 1000), (97, 384, 256), (13, 1500, 40)] {
+            let (x, cb) = (lcg(n * d, 11), lcg(k * d, 12));
+            let runs: Vec<_> = simd.iter().map(|&i| assign_using(i, &x, n, d, &cb, k, Metric::L2, 2).unwrap()).collect();
+            for pair in runs.windows(2) {
+                assert_eq!(pair[0], pair[1], "({n}, {d}, {k})");
+            }
+        }
     }
 
     #[test]

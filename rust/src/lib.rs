@@ -239,14 +239,17 @@ mod bindings {
         parallel::default_threads()
     }
 
-    /// Name of the distance kernel this CPU runs ("avx512" or "portable").
+    /// Name of the distance kernel every call in this process uses ("avx512", "avx2", "neon"
+    /// or "portable"); a ValueError where MOC_FAST_KERNEL forces one this CPU cannot run.
     #[pyfunction]
-    fn kernel_name() -> &'static str {
-        if crate::kernel::use_avx512() {
-            "avx512"
-        } else {
-            "portable"
-        }
+    fn kernel_name() -> PyResult<&'static str> {
+        Ok(crate::kernel::selected()?.name())
+    }
+
+    /// The kernels this CPU can run, fastest first (the values MOC_FAST_KERNEL accepts here).
+    #[pyfunction]
+    fn available_kernels() -> Vec<&'static str> {
+        crate::kernel::Isa::available().iter().map(|k| k.name()).collect()
     }
 
     #[pymodule]
@@ -264,6 +267,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(kmeans_from, m)?)?;
         m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;
         m.add_function(wrap_pyfunction!(kernel_name, m)?)?;
+        m.add_function(wrap_pyfunction!(available_kernels, m)?)?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())
     }
