@@ -4,6 +4,16 @@
                                                   # engine section (between its markers)
     python benches/engine_fair.py --no-write      # print only
 
+- Every kernel this CPU runs (`moc_fast.available_kernels()`, forced with `MOC_FAST_KERNEL`)
+  is measured against FAISS at the matching SIMD level: `FAISS_SIMD_LEVEL` sets the level of
+  faiss-cpu's dynamic dispatch (1.14+; `FAISS_OPT_LEVEL` picks the build of older wheels that
+  ship several), and `OPENBLAS_CORETYPE` the kernel of its bundled OpenBLAS (SkylakeX /
+  Haswell / Prescott), which FAISS uses for sgemm when D is large. The level FAISS reports
+  using is checked in each worker. Without it the
+  bundled OpenBLAS can misdetect a CPU it is older than (it chose Prescott, plain SSE3, on a
+  Sapphire Rapids VM), which would hand moc_fast an unfair win. The sgemm roof is measured per
+  level (numpy's OpenBLAS with the same core type).
+
 - Every library runs in its own process (FAISS's and torch's OpenMP pools never meet), with
   every thread pool pinned: `OMP_NUM_THREADS`/`MKL_NUM_THREADS`/`OPENBLAS_NUM_THREADS`,
   `OMP_WAIT_POLICY=PASSIVE`, threadpoolctl's limits, `faiss.omp_set_num_threads`,
@@ -39,9 +49,18 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHAPES = [(32, 256), (32, 1024), (64, 1024), (384, 256), (4096, 256)]
 KMEANS_SHAPES = [(32, 256), (64, 1024)]
-LIBS = ["moc_fast", "faiss", "torch", "numpy"]
 ROWS = 100_000
 CHUNK = 8192
+# Per moc_fast kernel: FAISS's build and the OpenBLAS kernel of the same SIMD level.
+LEVELS = {
+    "avx512": {"FAISS_SIMD_LEVEL": "AVX512", "FAISS_OPT_LEVEL": "AVX512",
+               "OPENBLAS_CORETYPE": "SkylakeX"},
+    "avx2": {"FAISS_SIMD_LEVEL": "AVX2", "FAISS_OPT_LEVEL": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+    "portable": {"FAISS_SIMD_LEVEL": "NONE", "FAISS_OPT_LEVEL": "generic",
+                 "OPENBLAS_CORETYPE": "Prescott"},
+}
+# The search inside MoC encoding: 7 codebooks of 256 codewords over 32-d latents.
+MOC_ENCODE = {"m": 7, "d": 32, "k": 256, "n": 200_000}
 
 
 def rows_for(d: int) -> int:
@@ -135,7 +154,25 @@ def worker(task: dict) -> dict:
         else:
             t, _ = best_of(lambda: a @ a, 3)
         return {"gflops": 2 * n**3 / t / 1e9}
+    if lib == "moc_fast":
+        import moc_fast as mf
+
+        assert mf.kernel_name() == task["kernel"], (mf.kernel_name(), task["kernel"])
+    if lib == "faiss":
+        import faiss
+
+        want = LEVELS[task["kernel"]]["FAISS_SIMD_LEVEL"]
+        if hasattr(faiss, "SIMDConfig") and faiss.SIMDConfig.get_level_name() != want:
+            raise RuntimeError(f"FAISS runs {faiss.SIMDConfig.get_level_name()}, not {want}")
     d, k = task["d"], task["k"]
+    if task["kind"] == "moc_encode":
+        import moc_fast as mf
+
+        rng = np.random.default_rng(3)
+        z = rng.standard_normal((task["n"], task["m"], d), dtype=np.float32)
+        cbs = rng.standard_normal((task["m"], k, d), dtype=np.float32)
+        t, _ = best_of(lambda: mf.assign_multi(z, cbs))
+        return {"seconds": t, "items_per_s": task["n"] / t}
     if task["kind"] == "assign":
         x, c = data(task["n"], d, k)
         t, codes = best_of(_assign_fn(lib, x, c))
@@ -168,10 +205,12 @@ def worker(task: dict) -> dict:
 
 
 def run_worker(task: dict) -> dict:
+    """Run `task` in a fresh process pinned to its threads and to its kernel's SIMD level."""
     threads = str(task["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "OPENBLAS_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
-           "MOC_FAST_NUM_THREADS": threads}  # fmt: skip
+           "MOC_FAST_NUM_THREADS": threads, "MOC_FAST_KERNEL": task["kernel"],
+           **LEVELS[task["kernel"]]}  # fmt: skip
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)],
                           capture_output=True, text=True, env=env)  # fmt: skip
     if proc.returncode:
@@ -212,61 +251,83 @@ def commit() -> str:
 
 
 def measure(thread_counts: list[int], log=print) -> str:
+    """Every kernel against FAISS at its level; torch and numpy against the default kernel."""
     import moc_fast as mf
 
+    kernels = [k for k in mf.available_kernels() if k in LEVELS]
+    best = kernels[0]
     lines = [
         f"`python benches/engine_fair.py` on {machine()}, {date.today().isoformat()}, commit "
-        f"{commit()}; moc_fast kernel `{mf.kernel_name()}`. {versions()}.",
+        f"{commit()}; kernels {', '.join(f'`{k}`' for k in kernels)} (default `{best}`). "
+        f"{versions()}. FAISS and numpy's OpenBLAS run at each kernel's level: "
+        + "; ".join(f"`{k}`: " + ", ".join(f"{n}={v}" for n, v in LEVELS[k].items())
+                    for k in kernels) + ".",
         "",
-    ]
+    ]  # fmt: skip
     tmp = Path(tempfile.mkdtemp())
     for threads in thread_counts:
-        roof = {lib: run_worker({"kind": "roof", "lib": lib, "threads": threads})["gflops"]
-                for lib in ("numpy", "torch")}  # fmt: skip
-        top = max(roof.values())
-        log(f"{threads} thread(s): sgemm roof {roof}")
-        lines += [f"### assign, {threads} thread{'s' if threads > 1 else ''}", "",
-                  f"sgemm roof (2048³) in this run: numpy {roof['numpy']:.0f}, torch "
-                  f"{roof['torch']:.0f} GFLOP/s → roof {top:.0f} GFLOP/s.", "",
-                  "| (D, K) | N | library | best s | other / moc_fast | GFLOP/s | % of roof "
-                  "| codes = moc_fast |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        plural = "s" if threads > 1 else ""
+        roof = {kn: run_worker({"kind": "roof", "lib": "numpy", "threads": threads,
+                                "kernel": kn})["gflops"] for kn in kernels}  # fmt: skip
+        log(f"{threads} thread(s): sgemm roof per level {roof}")
+        lines += [f"### assign, {threads} thread{plural}", "",
+                  "sgemm roof (numpy, 2048³) per level in this run: "
+                  + ", ".join(f"`{kn}` {g:.0f} GFLOP/s" for kn, g in roof.items()) + ".", "",
+                  "| (D, K) | N | library | level | best s | other / moc_fast at its level "
+                  "| GFLOP/s | % of level's roof | codes within tie of moc_fast |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for d, k in SHAPES:
             n = rows_for(d)
+            x, c = data(n, d, k)
+            runs = [(kn, "moc_fast") for kn in kernels] + [(kn, "faiss") for kn in kernels]
+            runs += [(best, "torch"), (best, "numpy")]
             res = {}
-            for lib in LIBS:
-                path = tmp / f"{lib}-{d}-{k}-{threads}.npy"
+            for kn, lib in runs:
+                path = tmp / f"{lib}-{kn}-{d}-{k}-{threads}.npy"
                 task = {"kind": "assign", "lib": lib, "threads": threads, "d": d, "k": k, "n": n,
-                        "codes_path": str(path)}  # fmt: skip
-                res[lib] = run_worker(task)
-                res[lib]["codes"] = np.load(path)
-            base = res["moc_fast"]
-            for lib in LIBS:
-                r = res[lib]
-                pct = 100 * r["gflops"] / top
+                        "kernel": kn, "codes_path": str(path)}  # fmt: skip
+                res[kn, lib] = run_worker(task)
+                res[kn, lib]["codes"] = np.load(path)
+            for kn, lib in runs:
+                r, base = res[kn, lib], res[kn, "moc_fast"]
+                pct = 100 * r["gflops"] / roof[kn]
                 flag = " ⚠ below half the roof" if d >= 384 and pct < 50 else ""
-                agree = float((r["codes"] == base["codes"]).mean())
-                lines.append(f"| ({d}, {k}) | {n:,} | {lib} | {r['seconds']:.4f} | "
+                agree = float(mf.within_tie(x, c, r["codes"], base["codes"]).mean())
+                lines.append(f"| ({d}, {k}) | {n:,} | {lib} | {kn} | {r['seconds']:.4f} | "
                              f"{r['seconds'] / base['seconds']:.2f}x | {r['gflops']:.0f} | "
                              f"{pct:.0f}%{flag} | {agree:.5f} |")  # fmt: skip
                 log(lines[-1])
         lines.append("")
-        lines += [f"### kmeans from the same initial centroids, {threads} thread"
-                  f"{'s' if threads > 1 else ''} (N = {ROWS:,}, 25 iterations)", "",
-                  "| (D, K) | library | best s | other / moc_fast | iterations run | inertia "
-                  "| inertia vs moc_fast |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"### MoC encode search (assign_multi: M = {MOC_ENCODE['m']}, d = "
+                  f"{MOC_ENCODE['d']}, K = {MOC_ENCODE['k']}, N = {MOC_ENCODE['n']:,}), "
+                  f"{threads} thread{plural}", "",
+                  "| kernel | best s | items/s | vs default kernel |", "|---|---|---|---|"]
+        enc = {kn: run_worker({"kind": "moc_encode", "lib": "moc_fast", "threads": threads,
+                               "kernel": kn, **MOC_ENCODE}) for kn in kernels}  # fmt: skip
+        for kn, r in enc.items():
+            lines.append(f"| {kn} | {r['seconds']:.4f} | {r['items_per_s']:,.0f} | "
+                         f"{enc[best]['items_per_s'] / r['items_per_s']:.2f}x slower |")
+            log(lines[-1])
+        lines.append("")
+        lines += [f"### kmeans from the same initial centroids, {threads} thread{plural} "
+                  f"(N = {ROWS:,}, 25 iterations)", "",
+                  "| (D, K) | library | level | best s | other / moc_fast at its level "
+                  "| iterations run | inertia | inertia vs moc_fast |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for d, k in KMEANS_SHAPES:
-            res = {}
             x, _ = data(ROWS, d, 1)
-            for lib in ("moc_fast", "faiss"):
-                path = tmp / f"km-{lib}-{d}-{k}-{threads}.npy"
-                task = {"kind": "kmeans", "lib": lib, "threads": threads, "d": d, "k": k,
-                        "n": ROWS, "iters": 25, "codes_path": str(path)}  # fmt: skip
-                res[lib] = run_worker(task)
-                dist = mf.assign(x, np.load(path))[1]
-                res[lib]["inertia"] = float(dist.astype(np.float64).sum())
-            base = res["moc_fast"]
-            for lib, r in res.items():
-                lines.append(f"| ({d}, {k}) | {lib} | {r['seconds']:.3f} | "
+            res = {}
+            for kn in kernels:
+                for lib in ("moc_fast", "faiss"):
+                    path = tmp / f"km-{lib}-{kn}-{d}-{k}-{threads}.npy"
+                    task = {"kind": "kmeans", "lib": lib, "threads": threads, "d": d, "k": k,
+                            "n": ROWS, "iters": 25, "kernel": kn, "codes_path": str(path)}
+                    res[kn, lib] = run_worker(task)
+                    dist = mf.assign(x, np.load(path))[1]
+                    res[kn, lib]["inertia"] = float(dist.astype(np.float64).sum())
+            for (kn, lib), r in res.items():
+                base = res[kn, "moc_fast"]
+                lines.append(f"| ({d}, {k}) | {lib} | {kn} | {r['seconds']:.3f} | "
                              f"{r['seconds'] / base['seconds']:.2f}x | {r['iterations']} | "
                              f"{r['inertia']:.6g} | "
                              f"{100 * (r['inertia'] / base['inertia'] - 1):+.3f}% |")  # fmt: skip

@@ -1,4 +1,5 @@
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +16,10 @@ try:
 except ImportError:  # the engine tests run without torch
     pass
 
+
+# The command that starts this Python in a subprocess: sys.executable, or, where the tests run
+# under an emulator (scripts/test_aarch64.sh runs them under qemu-user), the emulator's command.
+PYTHON = shlex.split(os.environ.get("MOC_FAST_TEST_PYTHON", "")) or [sys.executable]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014"
 

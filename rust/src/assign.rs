@@ -4,8 +4,10 @@
 //! [`MB`]); for each block and chunk of at most [`NB`] codewords, k-blocks of at most [`KC`]
 //! keep the operands in L1/L2; partial inner products of earlier k-blocks wait in a small
 //! scratch tile and the last k-block's kernel folds `bias - alpha·dot` straight into 16-lane
-//! running minima (no tile at all when d ≤ KC). Rows of x are read in place for d > 32 and
-//! packed k-major below that (measured: packing wins only at the smallest d). For L2, `bias = ‖c‖²` and `alpha = 2`
+//! running minima (no tile at all when d ≤ KC). Rows of x are packed k-major for d ≤ 32
+//! (measured: packing wins only at the smallest d), read in place below d = 1024 and copied
+//! at a fixed stride from there; on the avx512 path a GEMM takes over from d = 1024
+//! ([`crate::gemm`]). For L2, `bias = ‖c‖²` and `alpha = 2`
 //! (‖x‖² is constant per row and only added back to report the distance); for inner product,
 //! `bias = 0` and `alpha = 1`. Padding codewords carry `bias = +inf` and never win.
 //!
@@ -13,8 +15,8 @@
 //! the lowest index), so it does not change with the thread count or the block a row falls in.
 
 use crate::error::{check_finite, Error, Result};
-use crate::kernel::{self, Epilogue, Isa, ReduceFn, TileArgminFn, TileFn, LANES, MR, NR};
-use crate::parallel;
+use crate::kernel::{self, Epilogue, Isa, ReduceFn, TileArgminFn, TileFn, KC, LANES, MR, NR, PACKED, PANEL, ROWS};
+use crate::{gemm, parallel};
 use rayon::prelude::*;
 
 /// Most rows per block (a multiple of MR): the unit of parallel work.
@@ -29,8 +31,6 @@ pub fn block_rows(d: usize) -> usize {
         MB
     }
 }
-/// Largest depth of one k-block.
-const KC: usize = 256;
 /// Largest d whose row panels are packed (contiguous broadcasts); above it rows are read in
 /// place, where packing would cost a sizeable share of the work.
 const PACK_MAX_D: usize = 32;
@@ -140,12 +140,13 @@ pub fn sum_squares(v: &[f32]) -> f32 {
 pub(crate) struct KernelSet {
     packed: (TileFn, TileArgminFn, ReduceFn),
     rows: (TileFn, TileArgminFn, ReduceFn),
+    panel: (TileFn, TileArgminFn, ReduceFn),
 }
 
 impl KernelSet {
     /// The kernels of `isa` (portable where this CPU cannot run `isa`).
     pub fn of(isa: Isa) -> Self {
-        KernelSet { packed: isa.kernels(false), rows: isa.kernels(true) }
+        KernelSet { packed: isa.kernels(PACKED), rows: isa.kernels(ROWS), panel: isa.kernels(PANEL) }
     }
 
     /// The kernels of this process's kernel ([`kernel::selected`]).
@@ -174,24 +175,24 @@ pub(crate) fn assign_rows(
     assert!(rows <= MB && codes.len() >= rows && score.len() >= rows, "assign_rows: output too short");
     assert!(lda >= d && (rows == 0 || x.len() >= (rows - 1) * lda + d), "assign_rows: x too short");
     let packed = d <= PACK_MAX_D;
-    let (tile, tile_argmin, reduce) = if packed { kernels.packed } else { kernels.rows };
     let panels_m = rows.div_ceil(MR);
     s.best_v[..panels_m * MR * LANES].fill(f32::INFINITY);
     s.best_i[..panels_m * MR * LANES].fill(0);
     // Split d into equal k-blocks of at most KC (384 -> 2 x 192, not 256 + 128).
     let kstep = d.div_ceil(d.div_ceil(KC));
+    // Small d: pack every panel k-major. Middle d: read full panels of MR rows in place and copy
+    // only a partial last panel, zero-padded, so no read passes the block. Large d: copy every
+    // panel's rows (memcpy) at the fixed stride KC, whose kernels need no address arithmetic.
+    let full = if packed || d >= COPY_MIN_D { 0 } else { rows / MR };
+    let (pk, pan, inplace) = (kernels.packed, kernels.panel, kernels.rows);
+    let reduce = if packed { pk.2 } else { pan.2 };
     for c0 in (0..cb.kp).step_by(NB) {
         let nb = NB.min(cb.kp - c0);
         for k0 in (0..d).step_by(kstep) {
             let kc = kstep.min(d - k0);
             let last = k0 + kc == d;
-            // Small d: pack every panel k-major. Middle d: read full panels of MR rows in place
-            // and copy only a partial last panel, zero-padded, so no read passes the block.
-            // Large d: copy every panel's rows (memcpy) — MR rows a multiple of 4 KiB apart
-            // would share L1 sets and TLB entries when read in place.
-            let full = if packed || d >= COPY_MIN_D { 0 } else { rows / MR };
             for ip in full..panels_m {
-                let panel = &mut s.apack[ip * kc * MR..(ip + 1) * kc * MR];
+                let panel = &mut s.apack[ip * KC * MR..(ip + 1) * KC * MR];
                 for i in 0..MR {
                     let r = ip * MR + i;
                     if packed {
@@ -199,9 +200,9 @@ pub(crate) fn assign_rows(
                             panel[kk * MR + i] = if r < rows { x[r * lda + k0 + kk] } else { 0.0 };
                         }
                     } else if r < rows {
-                        panel[i * kc..(i + 1) * kc].copy_from_slice(&x[r * lda + k0..r * lda + k0 + kc]);
+                        panel[i * KC..i * KC + kc].copy_from_slice(&x[r * lda + k0..r * lda + k0 + kc]);
                     } else {
-                        panel[i * kc..(i + 1) * kc].fill(0.0);
+                        panel[i * KC..i * KC + kc].fill(0.0);
                     }
                 }
             }
@@ -209,16 +210,17 @@ pub(crate) fn assign_rows(
                 let b = &cb.panels[p * d * NR + k0 * NR..p * d * NR + (k0 + kc) * NR];
                 let epi = Epilogue { bias: cb.bias[p * NR..].as_ptr(), alpha: cb.alpha, base: (p * NR) as i32 };
                 for ip in 0..panels_m {
-                    let (a, a_ld) = if ip < full {
-                        (x[ip * MR * lda + k0..].as_ptr(), lda)
+                    let (a, a_ld, (tile, tile_argmin, _)) = if ip < full {
+                        (x[ip * MR * lda + k0..].as_ptr(), lda, inplace)
                     } else {
-                        (s.apack[ip * kc * MR..].as_ptr(), kc)
+                        (s.apack[ip * KC * MR..].as_ptr(), KC, if packed { pk } else { pan })
                     };
                     let c = &mut s.dot[ip * MR * LDC + (p * NR - c0)..];
                     debug_assert!(c.len() >= (MR - 1) * LDC + NR);
-                    // SAFETY: a addresses MR rows of kc floats at stride a_ld (in x, or the padded
-                    // copy); b holds kc*NR floats; c spans MR rows of NR at stride LDC; the bias
-                    // has NR floats from p*NR; best_* hold MR*LANES from ip*MR*LANES.
+                    // SAFETY: a addresses MR rows of kc floats at stride a_ld in x, or the padded
+                    // copy (a k-major panel of kc*MR, or MR rows at stride KC); b holds kc*NR
+                    // floats; c spans MR rows of NR at stride LDC; the bias has NR floats from
+                    // p*NR; best_* hold MR*LANES from ip*MR*LANES.
                     unsafe {
                         if last {
                             let lane = ip * MR * LANES;
@@ -296,6 +298,17 @@ pub fn assign_using(
         check_finite("x", x, d)?;
         check_finite("codebook", codebook, d)?;
         let cb = PackedCodebook::new(codebook, k, d, metric);
+        if gemm::uses_gemm(isa, d) {
+            let rows = gemm::GEMM_ROWS;
+            codes.par_chunks_mut(rows).zip(score.par_chunks_mut(rows)).enumerate().for_each_init(
+                Vec::new,
+                |scratch, (b, (c, sc))| {
+                    let xb = &x[b * rows * d..];
+                    gemm::assign_block(xb, c.len(), d, codebook, &cb.bias[..k], metric, scratch, c, sc);
+                },
+            );
+            return Ok(());
+        }
         let ks = KernelSet::of(isa);
         let mb = block_rows(d);
         codes
@@ -459,18 +472,38 @@ mod tests {
 
     #[test]
     fn same_codes_whatever_the_thread_count() {
-        let (n, d, k) = (1000, 24, 300);
-        let x = lcg(n * d, 3);
-        let cb = lcg(k * d, 4);
-        let one = assign(&x, n, d, &cb, k, Metric::L2, 1).unwrap();
-        let two = assign(&x, n, d, &cb, k, Metric::L2, 2).unwrap();
-        assert_eq!(one, two);
+        // Small d (tile kernels) and large d (the GEMM path on avx512), over several blocks.
+        for isa in Isa::available() {
+            for &(n, d, k) in &[(1000, 24, 300), (2100, 1030, 20)] {
+                let x = lcg(n * d, 3);
+                let cb = lcg(k * d, 4);
+                let one = assign_using(isa, &x, n, d, &cb, k, Metric::L2, 1).unwrap();
+                let two = assign_using(isa, &x, n, d, &cb, k, Metric::L2, 2).unwrap();
+                assert_eq!(one, two, "{isa:?} d={d}");
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_to_the_lowest_index_on_every_path() {
+        // Codewords 0..5 repeated three times: every row's nearest appears at j, j+5, j+10.
+        for isa in Isa::available() {
+            for d in [8, 1100] {
+                let base = lcg(5 * d, 21);
+                let cb: Vec<f32> = base.iter().chain(&base).chain(&base).copied().collect();
+                let x = lcg(40 * d, 22);
+                let (codes, _) = assign_using(isa, &x, 40, d, &cb, 15, Metric::L2, 2).unwrap();
+                assert!(codes.iter().all(|&c| c < 5), "{isa:?} d={d}: {codes:?}");
+            }
+        }
     }
 
     #[test]
     fn simd_kernels_give_identical_codes_and_scores() {
+        // Below GEMM_MIN_D every SIMD path runs the tile kernels (at and above it, avx512 sums
+        // in matrixmultiply's order and only the tie contract holds).
         let simd: Vec<Isa> = Isa::available().into_iter().filter(|&i| i != Isa::Portable).collect();
-        for &(n, d, k) in &[(301, 16, 1000), (97, 384, 256), (13, 1500, 40)] {
+        for &(n, d, k) in &[(301, 16, 1000), (97, 384, 256), (13, 1000, 40)] {
             let (x, cb) = (lcg(n * d, 11), lcg(k * d, 12));
             let runs: Vec<_> = simd.iter().map(|&i| assign_using(i, &x, n, d, &cb, k, Metric::L2, 2).unwrap()).collect();
             for pair in runs.windows(2) {

@@ -3,7 +3,7 @@
 //! tile is four such sub-tiles over operands that stay in L1. Each product is one FMA per k in
 //! the same order as the AVX-512 kernel, so the two give bit-identical scores.
 
-use super::{a_at, Epilogue, LANES, MR, NR};
+use super::{a_at, a_step, Epilogue, LANES, MR, NR};
 use std::arch::x86_64::*;
 
 /// Rows and codewords of one sub-tile.
@@ -14,7 +14,7 @@ const SC: usize = 16;
 /// when `acc`: low and high 8 codewords per row.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sub_tile<const ROWS: bool>(
+unsafe fn sub_tile<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -33,16 +33,16 @@ unsafe fn sub_tile<const ROWS: bool>(
             s1[i] = _mm256_loadu_ps(c.add((i0 + i) * ldc + j0 + 8));
         }
     }
-    let (mut ap, mut bp) = (a.add(a_at::<ROWS>(i0, 0, lda)), b.add(j0));
+    let (mut ap, mut bp) = (a.add(a_at::<L>(i0, 0, lda)), b.add(j0));
     for _ in 0..kc {
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
         for i in 0..SR {
-            let ai = _mm256_broadcast_ss(&*ap.add(a_at::<ROWS>(i, 0, lda)));
+            let ai = _mm256_broadcast_ss(&*ap.add(a_at::<L>(i, 0, lda)));
             s0[i] = _mm256_fmadd_ps(ai, b0, s0[i]);
             s1[i] = _mm256_fmadd_ps(ai, b1, s1[i]);
         }
-        ap = ap.add(if ROWS { 1 } else { MR });
+        ap = ap.add(a_step::<L>());
         bp = bp.add(NR);
     }
     (s0, s1)
@@ -51,7 +51,7 @@ unsafe fn sub_tile<const ROWS: bool>(
 /// # Safety
 /// As [`super::tile_portable`]; the CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile<const ROWS: bool>(
+pub unsafe fn tile<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -62,7 +62,7 @@ pub unsafe fn tile<const ROWS: bool>(
 ) {
     for i0 in (0..MR).step_by(SR) {
         for j0 in (0..NR).step_by(SC) {
-            let (s0, s1) = sub_tile::<ROWS>(kc, a, lda, b, c, ldc, acc, i0, j0);
+            let (s0, s1) = sub_tile::<L>(kc, a, lda, b, c, ldc, acc, i0, j0);
             for i in 0..SR {
                 _mm256_storeu_ps(c.add((i0 + i) * ldc + j0), s0[i]);
                 _mm256_storeu_ps(c.add((i0 + i) * ldc + j0 + 8), s1[i]);
@@ -75,7 +75,7 @@ pub unsafe fn tile<const ROWS: bool>(
 /// As [`super::tile_argmin_portable`]; the CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_argmin<const ROWS: bool>(
+pub unsafe fn tile_argmin<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -92,7 +92,7 @@ pub unsafe fn tile_argmin<const ROWS: bool>(
     for i0 in (0..MR).step_by(SR) {
         // Codewords j0..j0+16 land in lanes 0..16 (j mod LANES), visited in increasing order.
         for j0 in (0..NR).step_by(SC) {
-            let (s0, s1) = sub_tile::<ROWS>(kc, a, lda, b, c, ldc, acc, i0, j0);
+            let (s0, s1) = sub_tile::<L>(kc, a, lda, b, c, ldc, acc, i0, j0);
             let bias0 = _mm256_loadu_ps(epi.bias.add(j0));
             let bias1 = _mm256_loadu_ps(epi.bias.add(j0 + 8));
             let code0 = _mm256_add_epi32(_mm256_set1_epi32(epi.base + j0 as i32), step);

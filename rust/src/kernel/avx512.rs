@@ -1,13 +1,13 @@
 //! AVX-512F micro-kernels: the whole MR×NR tile in 24 zmm accumulators (two 16-lane vectors
 //! per row).
 
-use super::{a_at, Epilogue, LANES, MR, NR};
+use super::{a_at, a_step, Epilogue, LANES, MR, NR};
 use std::arch::x86_64::*;
 
 /// # Safety
 /// As [`super::tile_portable`]; the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn tile<const ROWS: bool>(
+pub unsafe fn tile<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -16,7 +16,7 @@ pub unsafe fn tile<const ROWS: bool>(
     ldc: usize,
     acc: bool,
 ) {
-    let (s0, s1) = products::<ROWS>(kc, a, lda, b, c, ldc, acc);
+    let (s0, s1) = products::<L>(kc, a, lda, b, c, ldc, acc);
     for i in 0..MR {
         _mm512_storeu_ps(c.add(i * ldc), s0[i]);
         _mm512_storeu_ps(c.add(i * ldc + 16), s1[i]);
@@ -25,7 +25,7 @@ pub unsafe fn tile<const ROWS: bool>(
 
 /// The tile's products, started from `c` when `acc`.
 #[target_feature(enable = "avx512f")]
-unsafe fn products<const ROWS: bool>(
+unsafe fn products<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -47,11 +47,11 @@ unsafe fn products<const ROWS: bool>(
         let b0 = _mm512_loadu_ps(bp);
         let b1 = _mm512_loadu_ps(bp.add(16));
         for i in 0..MR {
-            let ai = _mm512_set1_ps(*ap.add(a_at::<ROWS>(i, 0, lda)));
+            let ai = _mm512_set1_ps(*ap.add(a_at::<L>(i, 0, lda)));
             s0[i] = _mm512_fmadd_ps(ai, b0, s0[i]);
             s1[i] = _mm512_fmadd_ps(ai, b1, s1[i]);
         }
-        ap = ap.add(if ROWS { 1 } else { MR });
+        ap = ap.add(a_step::<L>());
         bp = bp.add(NR);
     }
     (s0, s1)
@@ -61,7 +61,7 @@ unsafe fn products<const ROWS: bool>(
 /// As [`super::tile_argmin_portable`]; the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_argmin<const ROWS: bool>(
+pub unsafe fn tile_argmin<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -73,7 +73,7 @@ pub unsafe fn tile_argmin<const ROWS: bool>(
     best_v: *mut f32,
     best_i: *mut i32,
 ) {
-    let (s0, s1) = products::<ROWS>(kc, a, lda, b, c, ldc, acc);
+    let (s0, s1) = products::<L>(kc, a, lda, b, c, ldc, acc);
     let va = _mm512_set1_ps(epi.alpha);
     let (bias0, bias1) = (_mm512_loadu_ps(epi.bias), _mm512_loadu_ps(epi.bias.add(16)));
     let i0 = _mm512_add_epi32(

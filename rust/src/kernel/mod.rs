@@ -21,10 +21,8 @@ pub const NR: usize = 32;
 
 /// `c[i*ldc + j] (+)= sum_k A[i][k] * b[k*NR + j]` for `i < MR`, `j < NR`.
 ///
-/// `b` is an NR-codeword panel packed k-major. `A` is read either in place, MR rows of x at
-/// stride `lda` (`ROWS = true`: no packing, best for large d), or from a panel packed k-major,
-/// `A[i][k] = a[k*MR + i]` (`ROWS = false`; `lda` unused: contiguous broadcasts, best for small
-/// d where the packing is cheap next to the kernel's fixed costs).
+/// `b` is an NR-codeword panel packed k-major. `A` is read in one of three layouts
+/// ([`PACKED`], [`ROWS`], [`PANEL`]), fixed per kernel instantiation.
 pub type TileFn =
     unsafe fn(kc: usize, a: *const f32, lda: usize, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
 
@@ -124,19 +122,19 @@ impl Isa {
         Ok(isa)
     }
 
-    /// The kernels of this ISA (tile, tile + argmin, lane reduction), reading the rows of x in
-    /// place (`rows = true`) or from packed panels. Falls back to the portable kernels when the
-    /// CPU cannot run them, so a caller can never reach an illegal instruction.
-    pub fn kernels(self, rows: bool) -> (TileFn, TileArgminFn, ReduceFn) {
+    /// The kernels of this ISA (tile, tile + argmin, lane reduction) for the layout of A
+    /// ([`PACKED`], [`ROWS`] or [`PANEL`]). Falls back to the portable kernels when the CPU
+    /// cannot run them, so a caller can never reach an illegal instruction.
+    pub fn kernels(self, layout: u8) -> (TileFn, TileArgminFn, ReduceFn) {
         if !self.supported() {
-            return Isa::Portable.kernels(rows);
+            return Isa::Portable.kernels(layout);
         }
         macro_rules! pick {
             ($($tile:ident)::+, $($argmin:ident)::+, $reduce:path) => {
-                if rows {
-                    ($($tile)::+::<true> as TileFn, $($argmin)::+::<true> as TileArgminFn, $reduce as ReduceFn)
-                } else {
-                    ($($tile)::+::<false> as TileFn, $($argmin)::+::<false> as TileArgminFn, $reduce as ReduceFn)
+                match layout {
+                    PACKED => ($($tile)::+::<PACKED> as TileFn, $($argmin)::+::<PACKED> as TileArgminFn, $reduce as ReduceFn),
+                    ROWS => ($($tile)::+::<ROWS> as TileFn, $($argmin)::+::<ROWS> as TileArgminFn, $reduce as ReduceFn),
+                    _ => ($($tile)::+::<PANEL> as TileFn, $($argmin)::+::<PANEL> as TileArgminFn, $reduce as ReduceFn),
                 }
             };
         }
@@ -167,20 +165,44 @@ pub fn selected() -> Result<Isa> {
         .clone()
 }
 
-/// Offset of `A[i][k]` in the two layouts.
+/// How a micro-kernel reads `A` (MR rows of x): packed k-major, `A[i][k] = a[k*MR + i]`
+/// (contiguous broadcasts, best for small d where packing is cheap next to the kernel's fixed
+/// costs; `lda` unused).
+pub const PACKED: u8 = 0;
+/// Rows in place at a run-time stride, `A[i][k] = a[i*lda + k]`.
+pub const ROWS: u8 = 1;
+/// Rows of a copied panel at the compile-time stride [`KC`], `A[i][k] = a[i*KC + k]`: every
+/// broadcast address is the row pointer plus a constant, so no integer work competes with the
+/// FMAs for issue ports (`lda` unused).
+pub const PANEL: u8 = 2;
+
+/// Largest depth of one k-block, and the row stride of [`PANEL`] copies.
+pub const KC: usize = 256;
+
+/// Offset of `A[i][k]` in layout `L`.
 #[inline(always)]
-pub(crate) fn a_at<const ROWS: bool>(i: usize, k: usize, lda: usize) -> usize {
-    if ROWS {
-        i * lda + k
+pub(crate) fn a_at<const L: u8>(i: usize, k: usize, lda: usize) -> usize {
+    match L {
+        PACKED => k * MR + i,
+        ROWS => i * lda + k,
+        _ => i * KC + k,
+    }
+}
+
+/// How far `A`'s pointer moves per k in layout `L`.
+#[inline(always)]
+pub(crate) fn a_step<const L: u8>() -> usize {
+    if L == PACKED {
+        MR
     } else {
-        k * MR + i
+        1
     }
 }
 
 /// # Safety
 /// `a` addresses MR rows of `kc` floats at stride `lda`, `b` holds `kc*NR`, `c` addresses `MR`
 /// rows of `NR` at stride `ldc`.
-pub unsafe fn tile_portable<const ROWS: bool>(
+pub unsafe fn tile_portable<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -198,7 +220,7 @@ pub unsafe fn tile_portable<const ROWS: bool>(
     for k in 0..kc {
         let bk = &*(b.add(k * NR) as *const [f32; NR]);
         for (i, row) in sum.iter_mut().enumerate() {
-            let ai = *a.add(a_at::<ROWS>(i, k, lda));
+            let ai = *a.add(a_at::<L>(i, k, lda));
             for (s, &bj) in row.iter_mut().zip(bk) {
                 *s += ai * bj;
             }
@@ -212,7 +234,7 @@ pub unsafe fn tile_portable<const ROWS: bool>(
 /// # Safety
 /// As [`tile_portable`]; `epi.bias` holds NR floats; `best_v`, `best_i` hold MR*LANES values.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_argmin_portable<const ROWS: bool>(
+pub unsafe fn tile_argmin_portable<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -230,7 +252,7 @@ pub unsafe fn tile_argmin_portable<const ROWS: bool>(
             sum[i * NR..(i + 1) * NR].copy_from_slice(std::slice::from_raw_parts(c.add(i * ldc), NR));
         }
     }
-    tile_portable::<ROWS>(kc, a, lda, b, sum.as_mut_ptr(), NR, true);
+    tile_portable::<L>(kc, a, lda, b, sum.as_mut_ptr(), NR, true);
     for i in 0..MR {
         for j in 0..NR {
             // alpha is -1 or -2: the product is exact, so this matches the fused AVX-512 form.
@@ -297,11 +319,12 @@ mod tests {
         #[cfg(target_arch = "aarch64")]
         assert_eq!(here, vec![Isa::Neon]);
         for isa in here {
-            for rows in [true, false] {
-                let (tile, tile_argmin, reduce) = isa.kernels(rows);
-                let (slow_tile, slow_argmin, _) = Isa::Portable.kernels(rows);
-                for &kc in &[1usize, 2, 7, 64, 255] {
-                    let a = rand_vec(kc * MR, 1 + kc as u64);
+            for layout in [PACKED, ROWS, PANEL] {
+                let (tile, tile_argmin, reduce) = isa.kernels(layout);
+                let (slow_tile, slow_argmin, _) = Isa::Portable.kernels(layout);
+                for &kc in &[1usize, 2, 7, 64, 255, KC] {
+                    // Enough for every layout: MR rows at stride KC (lda = kc for ROWS).
+                    let a = rand_vec(KC * MR, 1 + kc as u64);
                     let b = rand_vec(kc * NR, 2);
                     let mut c1 = rand_vec(MR * NR, 3);
                     let mut c2 = c1.clone();
@@ -310,7 +333,7 @@ mod tests {
                         slow_tile(kc, a.as_ptr(), kc, b.as_ptr(), c2.as_mut_ptr(), NR, true);
                     }
                     for (x, y) in c1.iter().zip(&c2) {
-                        assert!((x - y).abs() < 1e-4, "{isa:?} kc={kc}: {x} vs {y}");
+                        assert!((x - y).abs() < 1e-4, "{isa:?} layout {layout} kc={kc}: {x} vs {y}");
                     }
                     let bias = rand_vec(NR, 4);
                     let fast = run_argmin(tile_argmin, reduce, kc, &a, &b, &bias);
@@ -329,11 +352,11 @@ mod tests {
         // One FMA per product term in one order: every SIMD kernel gives the same bits.
         let here = simd();
         for pair in here.windows(2) {
-            for rows in [true, false] {
-                let (t0, m0, r0) = pair[0].kernels(rows);
-                let (t1, m1, r1) = pair[1].kernels(rows);
+            for layout in [PACKED, ROWS, PANEL] {
+                let (t0, m0, r0) = pair[0].kernels(layout);
+                let (t1, m1, r1) = pair[1].kernels(layout);
                 let kc = 37;
-                let (a, b) = (rand_vec(kc * MR, 8), rand_vec(kc * NR, 9));
+                let (a, b) = (rand_vec(KC * MR, 8), rand_vec(kc * NR, 9));
                 let (mut c0, mut c1) = (vec![0f32; MR * NR], vec![0f32; MR * NR]);
                 unsafe {
                     t0(kc, a.as_ptr(), kc, b.as_ptr(), c0.as_mut_ptr(), NR, false);
@@ -358,23 +381,29 @@ mod tests {
         assert!(Isa::forced("neon").unwrap_err().to_string().contains("cannot run"));
         // A kernel the CPU lacks is never handed out: its slot falls back to portable.
         for isa in ALL.into_iter().filter(|k| !k.supported()) {
-            assert!(isa.kernels(true).0 as usize == Isa::Portable.kernels(true).0 as usize);
+            assert!(isa.kernels(ROWS).0 as usize == Isa::Portable.kernels(ROWS).0 as usize);
         }
     }
 
     #[test]
-    fn the_two_layouts_compute_the_same_tile() {
-        // Row-major A (MR x kc) and its k-major packing must give identical products.
+    fn the_three_layouts_compute_the_same_tile() {
+        // Row-major A (MR x kc), its k-major packing and its copy at stride KC: one product.
         let kc = 9;
         let rows = rand_vec(MR * kc, 5);
         let packed: Vec<f32> = (0..kc).flat_map(|k| (0..MR).map(move |i| (i, k))).map(|(i, k)| rows[i * kc + k]).collect();
-        let b = rand_vec(kc * NR, 6);
-        let (mut c1, mut c2) = (vec![0f32; MR * NR], vec![0f32; MR * NR]);
-        unsafe {
-            tile_portable::<true>(kc, rows.as_ptr(), kc, b.as_ptr(), c1.as_mut_ptr(), NR, false);
-            tile_portable::<false>(kc, packed.as_ptr(), 0, b.as_ptr(), c2.as_mut_ptr(), NR, false);
+        let mut panel = vec![0f32; MR * KC];
+        for i in 0..MR {
+            panel[i * KC..i * KC + kc].copy_from_slice(&rows[i * kc..(i + 1) * kc]);
         }
-        assert_eq!(c1, c2);
+        let b = rand_vec(kc * NR, 6);
+        let mut c = [vec![0f32; MR * NR], vec![0f32; MR * NR], vec![0f32; MR * NR]];
+        unsafe {
+            tile_portable::<ROWS>(kc, rows.as_ptr(), kc, b.as_ptr(), c[0].as_mut_ptr(), NR, false);
+            tile_portable::<PACKED>(kc, packed.as_ptr(), 0, b.as_ptr(), c[1].as_mut_ptr(), NR, false);
+            tile_portable::<PANEL>(kc, panel.as_ptr(), 0, b.as_ptr(), c[2].as_mut_ptr(), NR, false);
+        }
+        assert_eq!(c[0], c[1]);
+        assert_eq!(c[0], c[2]);
     }
 
     #[test]
@@ -386,7 +415,7 @@ mod tests {
             bias[j] = -1.0;
         }
         for isa in Isa::available() {
-            let (_, f, r) = isa.kernels(true);
+            let (_, f, r) = isa.kernels(ROWS);
             let got = run_argmin(f, r, 1, &a, &b, &bias);
             assert!(got.iter().all(|&g| g == (64 + 17, -1.0)), "{isa:?}: {got:?}");
         }

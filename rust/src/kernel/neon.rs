@@ -3,7 +3,7 @@
 //! four such sub-tiles. Each product is one fused multiply-add per k in the same order as the
 //! x86 kernels, so all three give bit-identical scores.
 
-use super::{a_at, Epilogue, LANES, MR, NR};
+use super::{a_at, a_step, Epilogue, LANES, MR, NR};
 use std::arch::aarch64::*;
 
 /// Rows and codewords of one sub-tile (four vectors of 4 codewords per row).
@@ -14,7 +14,7 @@ const SC: usize = 16;
 /// when `acc`.
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sub_tile<const ROWS: bool>(
+unsafe fn sub_tile<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -33,16 +33,16 @@ unsafe fn sub_tile<const ROWS: bool>(
             }
         }
     }
-    let (mut ap, mut bp) = (a.add(a_at::<ROWS>(i0, 0, lda)), b.add(j0));
+    let (mut ap, mut bp) = (a.add(a_at::<L>(i0, 0, lda)), b.add(j0));
     for _ in 0..kc {
         let bq = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
         for (i, row) in s.iter_mut().enumerate() {
-            let ai = vdupq_n_f32(*ap.add(a_at::<ROWS>(i, 0, lda)));
+            let ai = vdupq_n_f32(*ap.add(a_at::<L>(i, 0, lda)));
             for (v, &bv) in row.iter_mut().zip(&bq) {
                 *v = vfmaq_f32(*v, ai, bv);
             }
         }
-        ap = ap.add(if ROWS { 1 } else { MR });
+        ap = ap.add(a_step::<L>());
         bp = bp.add(NR);
     }
     s
@@ -51,7 +51,7 @@ unsafe fn sub_tile<const ROWS: bool>(
 /// # Safety
 /// As [`super::tile_portable`].
 #[target_feature(enable = "neon")]
-pub unsafe fn tile<const ROWS: bool>(
+pub unsafe fn tile<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -62,7 +62,7 @@ pub unsafe fn tile<const ROWS: bool>(
 ) {
     for i0 in (0..MR).step_by(SR) {
         for j0 in (0..NR).step_by(SC) {
-            let s = sub_tile::<ROWS>(kc, a, lda, b, c, ldc, acc, i0, j0);
+            let s = sub_tile::<L>(kc, a, lda, b, c, ldc, acc, i0, j0);
             for (i, row) in s.iter().enumerate() {
                 for (q, &v) in row.iter().enumerate() {
                     vst1q_f32(c.add((i0 + i) * ldc + j0 + 4 * q), v);
@@ -76,7 +76,7 @@ pub unsafe fn tile<const ROWS: bool>(
 /// As [`super::tile_argmin_portable`].
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_argmin<const ROWS: bool>(
+pub unsafe fn tile_argmin<const L: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -94,7 +94,7 @@ pub unsafe fn tile_argmin<const ROWS: bool>(
     for i0 in (0..MR).step_by(SR) {
         // Codewords j0..j0+16 land in lanes 0..16 (j mod LANES), visited in increasing order.
         for j0 in (0..NR).step_by(SC) {
-            let s = sub_tile::<ROWS>(kc, a, lda, b, c, ldc, acc, i0, j0);
+            let s = sub_tile::<L>(kc, a, lda, b, c, ldc, acc, i0, j0);
             for (i, row) in s.iter().enumerate() {
                 let pv = best_v.add((i0 + i) * LANES);
                 let pi = best_i.add((i0 + i) * LANES);
