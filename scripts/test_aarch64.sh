@@ -49,4 +49,7 @@ export PYTHONPATH="$PWD/$SITE:$PWD/$ROOT/usr/lib/python3/dist-packages"
 export MOC_FAST_TEST_PYTHON="$QEMU $PWD/$ROOT/usr/bin/python3.11"
 $MOC_FAST_TEST_PYTHON -c "import platform, moc_fast as mf; print('aarch64 Python:', \
 platform.machine(), 'kernel', mf.kernel_name(), 'of', mf.available_kernels())"
-$MOC_FAST_TEST_PYTHON -m pytest -q -p no:cacheprovider tests/test_engine.py
+# Deselected: qemu-user itself aborts in a child forked from a process that already runs
+# threads (its assertion `cpu == current_cpu` in cpu_exec); the fork test runs natively in CI.
+$MOC_FAST_TEST_PYTHON -m pytest -q -p no:cacheprovider tests/test_engine.py \
+  --deselect tests/test_engine.py::test_engine_works_in_a_forked_child_after_use_in_the_parent

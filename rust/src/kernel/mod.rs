@@ -370,6 +370,24 @@ mod tests {
     }
 
     #[test]
+    fn every_lane_reduction_picks_the_lowest_code_of_the_minimum() {
+        let mut cases: Vec<(Vec<f32>, Vec<i32>)> = vec![(vec![f32::INFINITY; LANES], (0..LANES as i32).rev().collect())];
+        for seed in 0..200u64 {
+            // Few distinct values, so the minimum is often shared by several lanes.
+            let v: Vec<f32> = rand_vec(LANES, seed).iter().map(|x| (x * 4.0).round()).collect();
+            let i: Vec<i32> = rand_vec(LANES, seed + 1000).iter().map(|x| ((x + 0.5) * 5000.0) as i32).collect();
+            cases.push((v, i));
+        }
+        for isa in simd() {
+            let (_, _, reduce) = isa.kernels(ROWS);
+            for (v, i) in &cases {
+                let got = unsafe { reduce(v.as_ptr(), i.as_ptr()) };
+                assert_eq!(got, unsafe { reduce_portable(v.as_ptr(), i.as_ptr()) }, "{isa:?} {v:?} {i:?}");
+            }
+        }
+    }
+
+    #[test]
     fn forcing_a_kernel_is_checked_against_the_cpu() {
         for isa in ALL {
             assert_eq!(Isa::forced(isa.name()).is_ok(), isa.supported(), "{isa:?}");
