@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn matches_brute_force_on_awkward_shapes() {
-        let shapes = [(1, 1, 1), (13, 3, 5), (100, 17, 33), (49, 300, 70), (61, 8, 1500), (7, 1100, 40), (200, 1024, 33)];
+        let shapes = [(1, 1, 1), (13, 3, 5), (100, 17, 33), (49, 300, 70), (61, 8, 1500), (7, 1100, 40), (200, 1024, 33), (9, 1030, 2100)];
         for (isa, &(n, d, k)) in Isa::available().into_iter().flat_map(|i| shapes.iter().map(move |s| (i, s))) {
             for metric in [Metric::L2, Metric::InnerProduct] {
                 let x = lcg(n * d, n as u64);
