@@ -82,19 +82,26 @@ impl PackedCodebook {
                 panel[kk * NR + j] = v;
             }
         }
-        let mut bias = vec![f32::INFINITY; kp];
-        for (c, word) in codebook.chunks_exact(d).take(k).enumerate() {
-            bias[c] = match metric {
-                Metric::L2 => sum_squares(word),
-                Metric::InnerProduct => 0.0,
-            };
-        }
+        let mut bias = codeword_bias(codebook, k, d, metric);
+        bias.resize(kp, f32::INFINITY);
         let alpha = match metric {
             Metric::L2 => -2.0,
             Metric::InnerProduct => -1.0,
         };
         PackedCodebook { panels, bias, alpha, metric, k, kp, d }
     }
+}
+
+/// Each codeword's score offset: ‖c‖² for L2 (the score is ‖c‖² - 2x·c), 0 for inner product.
+pub(crate) fn codeword_bias(codebook: &[f32], k: usize, d: usize, metric: Metric) -> Vec<f32> {
+    codebook
+        .chunks_exact(d)
+        .take(k)
+        .map(|word| match metric {
+            Metric::L2 => sum_squares(word),
+            Metric::InnerProduct => 0.0,
+        })
+        .collect()
 }
 
 /// Per-thread scratch: a padded copy of a partial row panel, a tile of inner products and the
@@ -297,18 +304,19 @@ pub fn assign_using(
     parallel::run(threads, || -> Result<()> {
         check_finite("x", x, d)?;
         check_finite("codebook", codebook, d)?;
-        let cb = PackedCodebook::new(codebook, k, d, metric);
         if gemm::uses_gemm(isa, d) {
+            let bias = codeword_bias(codebook, k, d, metric);
             let rows = gemm::GEMM_ROWS;
             codes.par_chunks_mut(rows).zip(score.par_chunks_mut(rows)).enumerate().for_each_init(
                 Vec::new,
                 |scratch, (b, (c, sc))| {
                     let xb = &x[b * rows * d..];
-                    gemm::assign_block(xb, c.len(), d, codebook, &cb.bias[..k], metric, scratch, c, sc);
+                    gemm::assign_block(xb, c.len(), d, codebook, &bias, metric, scratch, c, sc);
                 },
             );
             return Ok(());
         }
+        let cb = PackedCodebook::new(codebook, k, d, metric);
         let ks = KernelSet::of(isa);
         let mb = block_rows(d);
         codes
