@@ -310,6 +310,18 @@ BAD_INPUTS = [
     (lambda: mf.pack_codes(np.ones((1, 2), np.float32), 8), TypeError, "integers"),
     (lambda: mf.unpack_codes(np.array([1 << 20], np.uint64), 2, 8), ValueError, "bits set above"),
     (lambda: mf.code_stats(np.array([[0, 9]]), 8), ValueError, "codes[0, 1] = 9"),
+    (lambda: mf.code_stats(np.array([[0, 1]]), 10**13), ValueError, "codebook_size"),
+    (lambda: mf.code_stats(np.array([[0, 1]]), 2**62), ValueError, "codebook_size"),
+    (lambda: mf.rq_kmeans(np.ones((3, 2), np.float32), 2**46, 2), ValueError, "levels"),
+    (lambda: mf.unpack_codes(np.ones(2, np.uint64), 2**63, 1), ValueError, "m must be"),
+    (lambda: mf.pack_codes(np.ones((1, 2), np.int64), -1), ValueError, "bits must be"),
+    (lambda: mf.kmeans(np.ones((3, 2), np.float32), 2, iters=2**70), ValueError, "iters"),
+    (
+        lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32),
+                          num_threads=2**62),  # fmt: skip
+        ValueError,
+        "num_threads",
+    ),
     (
         lambda: mf.assign(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), num_threads=0),
         ValueError,
@@ -323,6 +335,67 @@ def test_bad_input_raises_a_clear_error(call, exc, message):
     with pytest.raises(exc, match=None) as info:
         call()
     assert message in str(info.value)
+
+
+# Scalars from ordinary to absurd: every huge value needs more than the engine's 2**47-byte
+# allocation ceiling, so the expected outcome does not depend on the machine's memory.
+_SIZES = st.one_of(
+    st.integers(-3, 6),
+    st.sampled_from([2**46, 2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**13, 10**30]),
+)
+
+
+def _engine_calls(k, m, bits, levels, iters, threads):
+    x = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
+    codes = np.array([[0, 1], [1, 0], [0, 1]])
+    nt = threads if threads != 0 else None
+    return [
+        lambda: mf.kmeans(x, k, iters=iters % 50, num_threads=nt),
+        lambda: mf.kmeans(x, 2, iters=iters, num_threads=nt),  # stops once labels settle
+        lambda: mf.rq_kmeans(x, levels, k, iters=3, num_threads=nt),
+        lambda: mf.pack_codes(codes, bits),
+        lambda: mf.unpack_codes(np.arange(3, dtype=np.uint64), m, bits),
+        lambda: mf.code_stats(codes, k),
+        lambda: mf.assign(x, x[:2], num_threads=nt),
+        lambda: mf.assign_residual(x, x[None, :2], num_threads=nt),
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=_SIZES, m=_SIZES, bits=_SIZES, levels=_SIZES, iters=_SIZES, threads=_SIZES)
+def test_extreme_sizes_raise_value_errors_never_a_panic(k, m, bits, levels, iters, threads):
+    # A Rust panic surfaces as PanicException (a BaseException: it would fail this test), an
+    # abort kills the process; every refusal must be a ValueError or TypeError with a message.
+    for call in _engine_calls(k, m, bits, levels, iters, threads):
+        try:
+            call()
+        except (ValueError, TypeError) as exc:
+            assert str(exc)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=_SIZES, m=_SIZES, bits=_SIZES, levels=_SIZES, threads=_SIZES)
+def test_the_native_boundary_refuses_extreme_sizes_without_panicking(k, m, bits, levels, threads):
+    # The same, one layer down: the Rust functions themselves, past the Python validation.
+    # Integers that do not fit the argument's Rust type are PyO3's OverflowError.
+    from moc_fast import _native
+
+    x = np.random.default_rng(1).normal(size=(5, 2)).astype(np.float32)
+    codes = np.array([[0, 1], [1, 0]], np.int64)
+    threads = abs(threads)
+    calls = [
+        lambda: _native.kmeans(x, k, 2, 0, "k-means++", "l2", threads),
+        lambda: _native.rq_kmeans(x, levels, k, 2, 0, "random", threads),
+        lambda: _native.pack_codes(codes, bits),
+        lambda: _native.unpack_codes(np.arange(2, dtype=np.uint64), m, bits),
+        lambda: _native.code_histograms(codes, k),
+        lambda: _native.assign(x, x, "l2", threads),
+    ]
+    for call in calls:
+        try:
+            call()
+        except (ValueError, TypeError, OverflowError) as exc:
+            assert str(exc)
 
 
 def test_gpu_tensors_are_rejected_clearly():

@@ -86,9 +86,7 @@ def _ints(name: str, a: Any, ndim: int) -> np.ndarray:
 def _threads(num_threads: int | None) -> int:
     if num_threads is None:
         return 0
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-    return int(num_threads)
+    return _count("num_threads", num_threads, maximum=_MAX_THREADS)
 
 
 def assign(
@@ -145,21 +143,19 @@ def kmeans(
     Same seed, same result, whatever the threads. Stops early once the labels stop changing.
     """
     xs = _floats("x", x, 2)
-    _check_count("k", k)
-    _check_count("iters", iters, minimum=0)
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    k, iters = _count("k", k), _count("iters", iters, minimum=0)
+    seed = _count("seed", seed, minimum=0, maximum=2**64 - 1)
     if not isinstance(init, str):
         cs = _floats("init", init, 2)
         if cs.shape != (k, xs.shape[1]):
             raise ValueError(f"init centroids must have shape (k, d) = {(k, xs.shape[1])}, "
                              f"got {cs.shape}")  # fmt: skip
         centroids, labels, inertia, _ = _native.kmeans_from(
-            xs, cs, int(iters), metric, _threads(num_threads)
+            xs, cs, iters, metric, _threads(num_threads)
         )
         return centroids, labels, inertia
     centroids, labels, inertia, _ = _native.kmeans(
-        xs, int(k), int(iters), int(seed), init, metric, _threads(num_threads)
+        xs, k, iters, seed, init, metric, _threads(num_threads)
     )
     return centroids, labels, inertia
 
@@ -179,19 +175,24 @@ def rq_kmeans(
     Level l clusters the residual that levels < l left; `inertia` is the final Σ‖residual‖².
     """
     xs = _floats("x", x, 2)
-    _check_count("levels", levels)
-    _check_count("k", k)
-    _check_count("iters", iters, minimum=0)
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return _native.rq_kmeans(
-        xs, int(levels), int(k), int(iters), int(seed), init, _threads(num_threads)
-    )
+    levels, k = _count("levels", levels), _count("k", k)
+    iters = _count("iters", iters, minimum=0)
+    seed = _count("seed", seed, minimum=0, maximum=2**64 - 1)
+    return _native.rq_kmeans(xs, levels, k, iters, seed, init, _threads(num_threads))
 
 
-def _check_count(name: str, v: Any, minimum: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+_MAX_THREADS = 4096  # the engine's limit (rust/src/parallel.rs MAX_THREADS)
+_MAX_SIZE = 2**63 - 1
+
+
+def _count(name: str, v: Any, minimum: int = 1, maximum: int = _MAX_SIZE) -> int:
+    """`v` as a Python int in [minimum, maximum], else a ValueError naming `name` (sizes beyond
+    what the engine can hold are refused here, not overflowed there)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if not minimum <= v <= maximum:
+        raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {v!r}")
+    return int(v)
 
 
 def pack_codes(codes: Any, bits: int) -> np.ndarray:
@@ -199,7 +200,7 @@ def pack_codes(codes: Any, bits: int) -> np.ndarray:
 
     Needs `bits * m <= 64` and `0 <= code < 2**bits`.
     """
-    return _native.pack_codes(_ints("codes", codes, 2), int(bits))
+    return _native.pack_codes(_ints("codes", codes, 2), _count("bits", bits, maximum=64))
 
 
 def unpack_codes(ids: Any, m: int, bits: int) -> np.ndarray:
@@ -211,7 +212,8 @@ def unpack_codes(ids: Any, m: int, bits: int) -> np.ndarray:
         raise TypeError(f"ids must hold integers, got {arr.dtype}")
     if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
         raise ValueError("ids must be non-negative")
-    return _native.unpack_codes(np.ascontiguousarray(arr, dtype=np.uint64), int(m), int(bits))
+    m, bits = _count("m", m, maximum=64), _count("bits", bits, maximum=64)
+    return _native.unpack_codes(np.ascontiguousarray(arr, dtype=np.uint64), m, bits)
 
 
 def resolve_collisions(codes: Any) -> np.ndarray:
@@ -232,8 +234,8 @@ def code_stats(codes: Any, codebook_size: int) -> dict[str, Any]:
     `max_group` (items in the largest group sharing a tuple).
     """
     arr = _ints("codes", codes, 2)
-    _check_count("codebook_size", codebook_size)
-    hist, unique, largest = _native.code_histograms(arr, int(codebook_size))
+    k = _count("codebook_size", codebook_size)
+    hist, unique, largest = _native.code_histograms(arr, k)
     n = arr.shape[0]
     p = hist / max(n, 1)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -2,7 +2,7 @@
 //! per-codebook statistics.
 
 use crate::error::{Error, Result};
-use crate::parallel;
+use crate::{parallel, size};
 use rayon::slice::ParallelSliceMut;
 use std::collections::HashMap;
 #[cfg(test)]
@@ -34,8 +34,8 @@ pub fn pack_codes(codes: &[i64], m: usize, bits: u32) -> Result<Vec<u64>> {
 pub fn unpack_codes(ids: &[u64], m: usize, bits: u32) -> Result<Vec<i64>> {
     check_bits(m, bits)?;
     let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
-    let used = bits as usize * m;
-    let mut out = Vec::with_capacity(ids.len() * m);
+    let used = bits as usize * m; // <= 64: check_bits
+    let mut out = size::with_capacity("unpacked codes (len(ids) * m)", size::mul("m", ids.len(), m)?)?;
     for (r, &id) in ids.iter().enumerate() {
         if used < 64 && id >> used != 0 {
             return Err(Error::value(format!(
@@ -54,7 +54,7 @@ fn check_bits(m: usize, bits: u32) -> Result<()> {
     if m == 0 {
         return Err(Error::value("m (codes per item) must be >= 1, got 0"));
     }
-    if bits == 0 || bits as usize * m > 64 {
+    if bits == 0 || (bits as usize).checked_mul(m).is_none_or(|b| b > 64) {
         return Err(Error::value(format!(
             "bits * m must be in 1..=64 to fit a u64: got bits = {bits}, m = {m}"
         )));
@@ -191,7 +191,7 @@ pub fn code_histograms(codes: &[i64], m: usize, k: usize) -> Result<(Vec<i64>, u
             "codes need m >= 1 columns and codebook_size >= 1, got m = {m}, codebook_size = {k}"
         )));
     }
-    let mut hist = vec![0i64; m * k];
+    let mut hist = size::zeroed::<i64>("codebook_size", size::mul("codebook_size", m, k)?)?;
     for (r, row) in codes.chunks_exact(m).enumerate() {
         for (j, &c) in row.iter().enumerate() {
             if c < 0 || c as usize >= k {
@@ -267,5 +267,15 @@ mod tests {
         assert_eq!(hist, vec![2, 1, 1, 2]);
         assert_eq!((unique, largest), (2, 2));
         assert!(code_histograms(&[0, 2], 2, 2).is_err());
+        for k in [1 << 62, usize::MAX, 10_000_000_000_000] {
+            assert!(code_histograms(&[0, 1], 2, k).unwrap_err().to_string().contains("codebook_size"));
+        }
+    }
+
+    #[test]
+    fn extreme_sizes_are_errors_not_panics() {
+        assert!(unpack_codes(&[0, 1], usize::MAX / 2 + 1, 2).is_err());
+        assert!(unpack_codes(&[0, 1], 1 << 62, 1).is_err());
+        assert!(pack_codes(&[0, 0], 2, u32::MAX).is_err());
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::assign::{assign, Metric};
 use crate::error::{check_finite, Error, Result};
-use crate::parallel;
+use crate::{parallel, size};
 use rayon::prelude::*;
 
 /// A small, fast, seedable generator (xoshiro256**), seeded through SplitMix64.
@@ -367,9 +367,14 @@ pub fn rq_kmeans(
     if levels == 0 {
         return Err(Error::value("levels must be >= 1, got 0"));
     }
+    if n < k || k == 0 {
+        return Err(Error::value(format!(
+            "k must be in 1..={n} (x has {n} rows), got k = {k}"
+        )));
+    }
+    let mut codebooks = size::with_capacity("levels", size::mul("levels", levels, size::mul("k", k, d)?)?)?;
+    let mut codes = size::zeroed::<i64>("levels", size::mul("levels", n, levels)?)?;
     let mut residual = x.to_vec();
-    let mut codebooks = Vec::with_capacity(levels * k * d);
-    let mut codes = vec![0i64; n * levels];
     let mut inertia = 0.0;
     for l in 0..levels {
         let km = kmeans(&residual, n, d, k, iters, seed.wrapping_add(l as u64), init, Metric::L2, threads)?;
@@ -441,5 +446,14 @@ mod tests {
     fn rejects_fewer_rows_than_clusters() {
         let err = kmeans(&[0.0; 4], 2, 2, 3, 5, 0, Init::Random, Metric::L2, 1).unwrap_err();
         assert!(err.to_string().contains("at least k = 3"));
+    }
+
+    #[test]
+    fn rq_rejects_extreme_sizes_before_allocating() {
+        let x = [0.0f32; 6];
+        let err = rq_kmeans(&x, 3, 2, 1 << 46, 2, 1, 0, Init::Random, 1).unwrap_err();
+        assert!(err.to_string().starts_with("levels"), "{err}");
+        let err = rq_kmeans(&x, 3, 2, 2, 1 << 62, 1, 0, Init::Random, 1).unwrap_err();
+        assert!(err.to_string().contains("k must be in 1..=3"), "{err}");
     }
 }

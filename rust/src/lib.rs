@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod kernel;
 pub mod kmeans;
 pub mod parallel;
+pub mod size;
 
 #[cfg(feature = "python")]
 mod bindings {

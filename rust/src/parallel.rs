@@ -32,6 +32,7 @@ pub fn default_threads() -> usize {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
+        .map(|n| n.min(MAX_THREADS))
     {
         return n;
     }
@@ -67,8 +68,16 @@ fn pool(num_threads: usize) -> Result<Arc<ThreadPool>> {
     Ok(built)
 }
 
+/// Most threads one call may ask for: beyond any core count, below the OS's thread limits.
+pub const MAX_THREADS: usize = 4096;
+
 /// Run `f` on a pool of `num_threads` threads (0 = [`default_threads`]).
 pub fn run<R: Send>(num_threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let n = if num_threads == 0 { default_threads() } else { num_threads };
+    if num_threads > MAX_THREADS {
+        return Err(Error::value(format!(
+            "num_threads must be at most {MAX_THREADS}, got {num_threads}"
+        )));
+    }
+    let n = if num_threads == 0 { default_threads() } else { num_threads.min(MAX_THREADS) };
     Ok(pool(n)?.install(f))
 }
