@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,30 +17,57 @@ def embeddings() -> np.ndarray:
     return centres[rng.integers(0, 40, 3000)] + 0.3 * rng.standard_normal((3000, 32), np.float32)
 
 
-def fit(kind: str):
+def fit(kind: str, n: int = 3000):
     from moc_fast.index import MoCIndexer, RQVAEIndexer
 
     if kind == "moc":
         idx = MoCIndexer(3, 32, latent_dim=8, hidden=(64,), restart_after=5, seed=0)
     else:
         idx = RQVAEIndexer(2, 32, latent_dim=8, hidden=(64,), ema=True, restart_after=5, seed=0)
-    return idx.fit(embeddings(), epochs=3, batch_size=256, progress=False, device="cpu")
+    return idx.fit(embeddings()[:n], epochs=3, batch_size=256, progress=False, device="cpu")
 
 
-def main(out: str, kind: str) -> None:
+def diverge_on_rank_1(out: str) -> None:
+    """Rank 1 alone meets rows whose squares overflow: every rank must learn of it and raise
+    (before the fix, rank 1 raised alone and rank 0 waited in the all-reduce for good)."""
+    import torch.distributed as dist
+
+    from moc_fast.index import MoCIndexer
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+
+    def batches():  # each rank streams its own copy; rank 1's third batch overflows
+        x = embeddings()
+        for i, s in enumerate(range(0, len(x), 256)):
+            yield x[s : s + 256] * (1e30 if rank == 1 and i == 2 else 1.0)
+
+    try:
+        MoCIndexer(3, 32, latent_dim=8, hidden=(64,), seed=0).fit(
+            batches, epochs=1, batch_size=256, progress=False, device="cpu"
+        )
+    except FloatingPointError as exc:
+        Path(f"{out}.rank{rank}.err").write_text(str(exc))
+        sys.exit(3)
+
+
+def main(out: str, kind: str, n: int = 3000) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
-    idx = fit(kind)
+    idx = fit(kind, n)
     rank = dist.get_rank() if dist.is_initialized() else 0
     state = {k: v.numpy() for k, v in idx.state_dict().items()}
-    np.savez(f"{out}.rank{rank}.npz", codes=idx.encode(embeddings()), **state)
+    np.savez(f"{out}.rank{rank}.npz", codes=idx.encode(embeddings()[:n]), **state)
     if dist.is_initialized():
         dist.barrier()  # every rank done before any tears gloo down (else a rank can abort)
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[2] == "diverge":
+        diverge_on_rank_1(sys.argv[1])
+    else:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 3000)

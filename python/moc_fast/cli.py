@@ -23,6 +23,8 @@ import moc_fast as mf
 from moc_fast.fileio import atomic_save_npy, atomic_write_bytes
 from moc_fast.methods import FAMILY, METHODS, canonical
 
+log = logging.getLogger(__name__)
+
 
 def synthetic_embeddings(n: int, d: int, topics: int, seed: int) -> np.ndarray:
     """Synthetic item embeddings (documented as such): unit vectors around `topics` directions,
@@ -418,17 +420,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     distributed = _start_distributed(args)
+    ok = False
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"moc-fast {args.command}: error: {exc}", file=sys.stderr)
+        code = args.func(args)
+        ok = True
+        return code
+    except Exception as exc:  # one line per failure; -v adds the traceback
+        log.debug("moc-fast %s failed", args.command, exc_info=True)
+        print(f"moc-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     finally:
         if distributed:
             import torch.distributed as dist
 
-            dist.barrier()  # every rank done before any tears gloo down (else a rank can abort)
+            if ok:  # every rank done before any tears gloo down (else a rank can abort)
+                dist.barrier()
+            # A failed rank must not wait for the others (they may be blocked in a collective
+            # it will never join): it leaves at once, and torchrun then stops the rest.
             dist.destroy_process_group()
+
+
+def _one_line(exc: BaseException) -> str:
+    """`exc` as one line; its type is named where the message alone would not say what broke."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    known = (ValueError, FileNotFoundError, ImportError, TypeError)
+    return msg if isinstance(exc, known) else f"{type(exc).__name__}: {msg}"
 
 
 if __name__ == "__main__":

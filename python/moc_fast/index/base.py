@@ -200,16 +200,16 @@ class VQIndexer(nn.Module, Indexer):
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
         dev = resolve_device(device)
-        epoch_batches = self._epoch_batches(X, batch_size, dev)
+        rank, world = data_parallel()
+        epoch_batches = self._epoch_batches(X, batch_size, dev, rank, world)
         batches = epoch_batches()
         first = next(batches, None)
         if first is None:
             raise ValueError("X holds no items: nothing to train on")
         if not self._built:
-            self.build(first.shape[1])
+            self.build(first[0].shape[1])
         self.to(dev).train()
         opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
-        rank, world = data_parallel()
         quantizers = [m for m in self.modules() if isinstance(m, VectorQuantizer)]
         for q in quantizers:
             q.data_parallel = world > 1
@@ -218,23 +218,9 @@ class VQIndexer(nn.Module, Indexer):
         recon_loss = qloss = ppl = torch.zeros(())
         n = 0
         for epoch in range(epochs):
-            for batch in itertools.chain([first], batches) if epoch == 0 else epoch_batches():
-                n += len(batch) if epoch == 0 else 0
-                xb = batch[rank::world]  # this rank's share of the global batch
-                recon, _, qloss, ppl = self(xb)
-                # Squared error per item (summed over D): with a mean over D, unit-norm text
-                # embeddings give a loss ~1/D that the quantiser losses drown out.
-                recon_loss = ((recon - xb) ** 2).sum(-1).mean()
-                loss = recon_loss + qloss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError("indexer training diverged: the loss became NaN/inf")
-                opt.zero_grad(set_to_none=True)
-                if world > 1:  # weighted so that the averaged gradient is the global batch's
-                    (loss * (len(xb) * world / len(batch))).backward()
-                    self._average_gradients(world)
-                else:
-                    loss.backward()
-                opt.step()
+            for xb, rows in itertools.chain([first], batches) if epoch == 0 else epoch_batches():
+                n += rows if epoch == 0 else 0
+                recon_loss, qloss, ppl = self._step(opt, xb, rows, world)
             bar.update(1, recon=f"{recon_loss.item():.4g}", ppl=f"{ppl.item():.1f}")
         bar.close()
         for q in quantizers:
@@ -254,51 +240,92 @@ class VQIndexer(nn.Module, Indexer):
         log.info("%s fitted: %s", type(self).__name__, self.summary)
         return self
 
-    def _average_gradients(self, world: int) -> None:
-        """All-reduce every gradient (one flat buffer) and divide by the world size."""
+    def _step(
+        self, opt: torch.optim.Optimizer, xb: Tensor, rows: int, world: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One optimiser step on this rank's share `xb` of a global batch of `rows` rows.
+
+        Under torch.distributed every rank runs the same collectives in the same order, even
+        with an empty share (a last batch of fewer rows than ranks), and every rank learns
+        whether any rank's loss is non-finite before it raises: one rank raising alone would
+        leave the others waiting in an all-reduce.
+        """
+        recon, _, qloss, ppl = self(xb)  # with an empty share: only the quantisers' collectives
+        opt.zero_grad(set_to_none=True)
+        finite = True
+        recon_loss = torch.zeros((), device=xb.device)
+        if len(xb):
+            # Squared error per item (summed over D): with a mean over D, unit-norm text
+            # embeddings give a loss ~1/D that the quantiser losses drown out.
+            recon_loss = ((recon - xb) ** 2).sum(-1).mean()
+            loss = recon_loss + qloss
+            finite = bool(torch.isfinite(loss))
+            if finite:  # weighted so that the averaged gradient is the global batch's
+                (loss * (len(xb) * world / rows)).backward()
+        if world > 1:
+            finite = self._average_gradients(world, finite)
+        if not finite:
+            raise FloatingPointError("indexer training diverged: the loss became NaN/inf")
+        opt.step()
+        return recon_loss.detach(), qloss.detach(), ppl.detach()
+
+    def _average_gradients(self, world: int, finite: bool) -> bool:
+        """All-reduce every gradient (one flat buffer, zeros for a rank without one) and divide
+        by the world size. The buffer carries this rank's "loss was non-finite" flag too, so
+        the sum tells every rank whether any failed; returns whether none did."""
         import torch.distributed as dist
 
-        params = [p for p in self.parameters() if p.grad is not None]  # the same on every rank
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        params = [p for p in self.parameters() if p.requires_grad]  # the same on every rank
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flag = torch.tensor([0.0 if finite else 1.0], device=grads[0].device)
+        flat = torch.cat([*(g.reshape(-1) for g in grads), flag])
         dist.all_reduce(flat)
+        if not bool(torch.isfinite(flat).all()) or flat[-1].item() > 0:
+            return False
         flat /= world
-        for p, g in zip(params, flat.split([q.numel() for q in params]), strict=True):
+        for p, g in zip(params, flat[:-1].split([q.numel() for q in params]), strict=True):
             p.grad = g.view_as(p).clone()
+        return True
 
     def _epoch_batches(
-        self, X: Any, batch_size: int, dev: torch.device
-    ) -> Callable[[], Iterator[Tensor]]:
-        """A function giving one epoch's shuffled training batches, on `dev`."""
+        self, X: Any, batch_size: int, dev: torch.device, rank: int = 0, world: int = 1
+    ) -> Callable[[], Iterator[tuple[Tensor, int]]]:
+        """A function giving one epoch's shuffled batches as `(this rank's share on dev, rows
+        in the global batch)`. Every rank draws the same permutation; rank r's share is rows
+        r, r + world, ... of each global batch. Random-access sources (arrays, memory maps)
+        read only those rows on each rank; parquet and iterables are read whole by every rank,
+        each keeping its share."""
         source = as_source(X)
         dim = self.input_dim if self._built else None
         gen = torch.Generator().manual_seed(self.seed)
         mem = source.in_memory()
-        if mem is not None:  # already in RAM: keep it on the device once
+        if mem is not None and world == 1:  # already in RAM, one process: keep it on the device
             data = torch.from_numpy(as_embeddings(mem, dim)).to(dev)
 
-            def in_ram() -> Iterator[Tensor]:
+            def in_ram() -> Iterator[tuple[Tensor, int]]:
                 for idx in torch.randperm(len(data), generator=gen).split(batch_size):
-                    yield data[idx.to(dev)]
+                    yield data[idx.to(dev)], len(idx)
 
             return in_ram
         if dim is not None and source.dim is not None and source.dim != dim:
             raise ValueError(f"X has {source.dim} columns but this indexer was built for D = {dim}")
         if source.random_access:
 
-            def gathered() -> Iterator[Tensor]:
+            def gathered() -> Iterator[tuple[Tensor, int]]:
                 for idx in torch.randperm(source.num_rows, generator=gen).split(batch_size):
-                    yield torch.from_numpy(source.take(idx.numpy())).to(dev)
+                    share = source.take(idx[rank::world].numpy())
+                    yield torch.from_numpy(share).to(dev), len(idx)
 
             return gathered
         rng = np.random.default_rng(self.seed)
 
-        def streamed() -> Iterator[Tensor]:
+        def streamed() -> Iterator[tuple[Tensor, int]]:
             for xb in shuffled_batches(source, batch_size, rng):
                 if dim is not None and xb.shape[1] != dim:
                     raise ValueError(
                         f"X has {xb.shape[1]} columns but this indexer was built for D = {dim}"
                     )
-                yield torch.from_numpy(xb).to(dev)
+                yield torch.from_numpy(np.ascontiguousarray(xb[rank::world])).to(dev), len(xb)
 
         return streamed
 
