@@ -47,6 +47,17 @@ def main(out: str, mode: str, epochs: int = 3) -> None:
         dist.init_process_group("gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
+    if mode == "spawn-rows":  # which rows each rank's spawned loader worker yields
+        ds = ParquetCTRDataset(out + ".shards", batch_size=100, seed=0)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
+                                             multiprocessing_context="spawn")  # fmt: skip
+        rows = [b["dense"][:, 0].numpy() for b in loader]
+        np.save(f"{out}.rank{rank}.npy", np.concatenate(rows))
+        with open(f"{out}.rank{rank}.len", "w") as f:
+            f.write(f"{len(ds)} {len(rows)}")
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     train, val = ctr_data(0), ctr_data(1, n=2000)
     m = model()
     if mode == "memory":

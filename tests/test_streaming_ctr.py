@@ -149,6 +149,51 @@ def test_two_process_ddp_streams_shards_split_by_rank(tmp_path):
     assert two["world"] == 2 and max(h["val_auc"] for h in two["history"]) > 0.8
 
 
+def test_spawned_loader_workers_read_only_their_ranks_rows(tmp_path):
+    # spawn (macOS's default, Python 3.14's on Linux) starts workers without a process group:
+    # they once read every rank's rows while len() promised half.
+    d = ctr_data(0, n=3001)
+    data = CTRData(d.x, d.y, d.codes, torch.arange(len(d)).float()[:, None])
+    write_ctr_shards(data, tmp_path / "r.shards", row_group=250)
+    torchrun_raw = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path / "r"),
+         "spawn-rows"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)},
+    )  # fmt: skip
+    assert torchrun_raw.returncode == 0, torchrun_raw.stderr[-3000:]
+    rows = [np.load(tmp_path / f"r.rank{r}.npy") for r in (0, 1)]
+    for r in (0, 1):  # len() is what the loader yields
+        promised, got = map(int, (tmp_path / f"r.rank{r}.len").read_text().split())
+        assert promised == got
+    assert len(rows[0]) == len(rows[1]) == 1500  # 3001 // 2 each: DDP never waits
+    assert not set(rows[0]) & set(rows[1])  # disjoint: every row trains once per epoch
+
+
+def test_each_rank_reads_only_its_share_of_the_bytes(tmp_path):
+    # The I/O counter of this process (bytes through read syscalls): rank 0 of 2 reads about
+    # half of what one rank reads alone, plus at most the row group it shares with rank 1.
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("needs Linux's per-process I/O counters (/proc/self/io)")
+    d = ctr_data(0, n=20000)
+    write_ctr_shards(d, tmp_path / "b", rows_per_shard=5000, row_group=500)
+
+    def bytes_read(**kw) -> int:
+        ds = ParquetCTRDataset(tmp_path / "b", batch_size=256, seed=0, **kw)
+        before = int(io.read_text().split("rchar:")[1].split()[0])
+        n = sum(len(b["y"]) for b in ds)
+        after = int(io.read_text().split("rchar:")[1].split()[0])
+        assert n == 20000 // kw.get("world_size", 1)
+        return after - before
+
+    alone = bytes_read()
+    halves = [bytes_read(rank=r, world_size=2) for r in (0, 1)]
+    for half in halves:
+        assert half < 0.6 * alone, (half, alone)
+
+
 def test_build_ctr_splits_write_shards_that_stream_back(tmp_path):
     from moc_fast.data.protocol import build_ctr
     from moc_fast.data.synthetic import synthetic_catalog

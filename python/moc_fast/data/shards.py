@@ -5,7 +5,14 @@
 `torch.utils.data.DataLoader(ds, batch_size=None, num_workers=..., pin_memory=True)`, shuffled
 per epoch (row groups in a seeded order, rows within a seeded buffer) and split between
 `torch.distributed` ranks and loader workers so that every rank gets the same number of
-batches (DDP needs that; up to world_size - 1 rows per row group are left out to keep it).
+batches (DDP needs that; up to world_size - 1 rows per epoch are left out to keep it).
+
+Each rank reads only its own rows: the epoch's row groups, in their shuffled order, form one
+sequence of rows, and rank r takes the r-th of `world_size` equal contiguous ranges of it (its
+workers split that range the same way). Only a row group that straddles two ranges is read by
+both ranks. The rank and world size are fixed in the main process: a `spawn`/`forkserver`
+loader worker, where `torch.distributed` is not initialised, gets them with the pickled
+dataset.
 """
 
 from __future__ import annotations
@@ -136,44 +143,78 @@ class ParquetCTRDataset(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _place(self) -> tuple[int, int, int, int]:
+    def __getstate__(self) -> dict:
+        """Pickled for a `spawn`/`forkserver` worker: carry this process's rank and world size
+        (the worker has no process group and would otherwise read every rank's rows)."""
+        state = self.__dict__.copy()
+        state["rank"], state["world_size"] = self._rank_and_world()
+        return state
+
+    def _rank_and_world(self) -> tuple[int, int]:
         rank, world = _rank_world()
         rank = self.rank if self.rank is not None else rank
         world = self.world_size if self.world_size is not None else world
+        if world == 1 and self.world_size is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "ParquetCTRDataset: WORLD_SIZE > 1 but torch.distributed is not initialised "
+                "in this process, so this rank's rows are unknown: create the DataLoader after "
+                "init_process_group, or pass rank= and world_size="
+            )
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world_size = {world}), got {rank}")
+        return rank, world
+
+    def _place(self) -> tuple[int, int, int, int]:
+        rank, world = self._rank_and_world()
         info = torch.utils.data.get_worker_info()
         return rank, world, (info.id if info else 0), (info.num_workers if info else 1)
 
+    def _epoch_units(self) -> list[tuple[Path, int, int]]:
+        """The row groups in this epoch's order: the same on every rank and worker."""
+        if not self.shuffle:
+            return list(self.units)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.units))
+        return [self.units[i] for i in order]
+
+    def _span(self, rank: int, world: int, worker: int, workers: int) -> tuple[int, int]:
+        """Rows [start, stop) of the epoch's row sequence that this rank's worker yields. Every
+        rank's range has the same size; workers split it in whole batches, so the rank's batch
+        count does not depend on the number of workers (the main process, where `len` is
+        asked, does not know it)."""
+        per_rank = self.rows // world
+        batches = -(-per_rank // self.batch_size)
+        first, last = worker * batches // workers, (worker + 1) * batches // workers
+        start = rank * per_rank
+        return (start + min(per_rank, first * self.batch_size),
+                start + min(per_rank, last * self.batch_size))  # fmt: skip
+
     def __len__(self) -> int:
         """Batches per epoch on this rank (all workers together), as `fit_ctr` counts them."""
-        rank, world, _, workers = self._place()
-        total = 0
-        for w in range(workers):
-            rows = sum(u[2] // world for u in self.units[w::workers])
-            total += -(-rows // self.batch_size)
-        return total
+        _, world, _, _ = self._place()
+        return -(-(self.rows // world) // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         import pyarrow.parquet as pq
 
         rank, world, worker, workers = self._place()
-        units = list(self.units)
+        lo, hi = self._span(rank, world, worker, workers)
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
-        if self.shuffle:  # one order for all ranks: the same seed without rank and worker
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
-            units = [units[i] for i in order]
         pool: dict[str, list[np.ndarray]] = {}
-        held = 0
-        for path, group, n in units[worker::workers]:
+        held = offset = 0
+        for path, group, n in self._epoch_units():
+            first, offset = offset, offset + n
+            if offset <= lo or first >= hi:
+                continue  # another rank's or worker's rows: never read
+            a, b = max(lo, first) - first, min(hi, offset) - first
             table = pq.ParquetFile(path).read_row_group(group)
-            take = np.arange(rank, n - n % world, world)  # the same count on every rank
             for name in table.column_names:
                 col = table.column(name).combine_chunks()
                 if name in self.widths:
                     arr = col.flatten().to_numpy().reshape(n, self.widths[name])
                 else:
                     arr = col.to_numpy()
-                pool.setdefault(name, []).append(arr[take])
-            held += len(take)
+                pool.setdefault(name, []).append(arr[a:b])
+            held += b - a
             if held >= self.buffer_batches * self.batch_size:
                 yield from self._drain(pool, rng, keep_tail=True)
                 held = len(pool["y"][0]) if pool else 0
