@@ -179,11 +179,72 @@ def test_corrupt_altered_and_newer_files_are_rejected(beauty, tmp_path):
     (tmp_path / "flip.st").write_bytes(bytes(flipped))
     with pytest.raises(ValueError, match="checksum"):
         load_indexer(tmp_path / "flip.st")
-    newer = data.replace(b'\\"format_version\\": 1', b'\\"format_version\\": 9')
+    newer = data.replace(b'\\"format_version\\": 2', b'\\"format_version\\": 9')
     assert newer != data
     (tmp_path / "new.st").write_bytes(newer)
     with pytest.raises(ValueError, match="format version 9"):
         load_indexer(tmp_path / "new.st")
+
+
+def _rewrite(path, out, edit, sign=True, version=None):
+    """Copy the indexer file `path` to `out` with its header changed by `edit(header)`;
+    `sign` recomputes the checksum as a writer would (a newer or buggy writer, not damage)."""
+    import json
+
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from moc_fast.index import io
+
+    data = path.read_bytes()
+    header = io._read_header(data, path)
+    tensors = st_load(data)
+    edit(header)
+    if version is not None:
+        header["format_version"] = version
+    if sign:
+        covered = header if header["format_version"] >= 2 else None
+        header["checksum"] = io._checksum(tensors, covered)
+    out.write_bytes(st_save(tensors, metadata={io.META_KEY: json.dumps(header)}))
+    return out
+
+
+def test_the_checksum_covers_the_header_and_configs_are_validated(beauty, tmp_path):
+    idx = mf.MoCIndexer(num_codebooks=2, codebook_size=16, latent_dim=8, metric="cosine")
+    idx.fit(beauty[:600], epochs=1, batch_size=256, progress=False)
+    good = tmp_path / "moc.st"
+    idx.save(good)
+    # An edited metric once loaded and changed 6-60% of the codes (same length: the spaces
+    # keep the safetensors header size, so only the checksum can tell).
+    edited = good.read_bytes().replace(b'\\"metric\\": \\"cosine\\"',
+                                       b'\\"metric\\":     \\"l2\\"')  # fmt: skip
+    assert edited != good.read_bytes()
+    (tmp_path / "l2.st").write_bytes(edited)
+    with pytest.raises(ValueError, match="checksum: the header or weights"):
+        load_indexer(tmp_path / "l2.st")
+    unknown = _rewrite(good, tmp_path / "u.st", lambda h: h["config"].update(colour="red"))
+    with pytest.raises(ValueError, match=r"\['colour'\], which MoCIndexer does not take"):
+        load_indexer(unknown)
+    huge = _rewrite(good, tmp_path / "h.st", lambda h: h["config"].update(codebook_size=10**12))
+    with pytest.raises(ValueError, match="does not match the stored tensors"):
+        load_indexer(huge)  # refused from shapes on the meta device, never allocated
+    wide = _rewrite(good, tmp_path / "w.st", lambda h: h.update(input_dim=10**12))
+    with pytest.raises(ValueError, match="input_dim"):
+        load_indexer(wide)
+    bad_value = _rewrite(good, tmp_path / "b.st", lambda h: h["config"].update(metric="manhattan"))
+    with pytest.raises(ValueError, match="MoCIndexer: metric must be one of"):
+        load_indexer(bad_value)
+    # A format 1 file (checksum over the tensors only) still loads, to the same codes.
+    old = _rewrite(good, tmp_path / "v1.st", lambda h: None, version=1)
+    np.testing.assert_array_equal(load_indexer(old).encode(beauty[:200]), idx.encode(beauty[:200]))
+
+
+def test_training_free_configs_must_match_their_tensors(beauty, tmp_path):
+    good = tmp_path / "rq.st"
+    mf.RQKMeansIndexer(levels=2, codebook_size=8, pca_dim=16).fit(beauty[:300]).save(good)
+    more = _rewrite(good, tmp_path / "m.st", lambda h: h["config"].update(levels=3))
+    with pytest.raises(ValueError, match="does not match the stored tensors"):
+        load_indexer(more)
 
 
 def test_bad_input_is_named(beauty, tmp_path):

@@ -170,6 +170,14 @@ class _TrainingFree(Indexer):
         return out
 
     def load_state(self, state: dict[str, np.ndarray], input_dim: int) -> None:
+        """Restore from `state`, which must have the shapes this config implies."""
+        dim = self.proj.pca_dim or input_dim
+        want = {"codebooks": (self.num_codes, self.codebook_size, dim)}
+        if self.proj.pca_dim is not None:
+            want.update(pca_mean=(input_dim,), pca_components=(self.proj.pca_dim, input_dim))
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != want:
+            raise ValueError(f"the config implies tensors {want}, the state holds {got}")
         self.codebooks_ = np.ascontiguousarray(state["codebooks"], dtype=np.float32)
         if "pca_components" in state:
             self.proj.mean, self.proj.components = state["pca_mean"], state["pca_components"]
