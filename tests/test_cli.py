@@ -263,3 +263,64 @@ assert main(["demo"]) == 2
     assert run.returncode == 0, run.stderr
     assert "MoC indexer skipped" in run.stdout and "moc-fast[torch]" in run.stdout
     assert "moc-fast demo: error:" in run.stderr and "pip install 'moc-fast[torch]'" in run.stderr
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Each bad input the review fed the CLI: (arguments, what the one error line must say)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "ints.npy", (x * 10).astype(np.int64))
+    np.save(tmp / "float_codes.npy", rng.random((100, 2)) * 5)
+    pq.write_table(pa.table({"embedding": pa.array(rng.random(50))}), tmp / "scalar.parquet")
+    empty = pa.table({"embedding": pa.array([], type=pa.list_(pa.float32()))})
+    pq.write_table(empty, tmp / "empty.parquet")
+    lists = pa.array([list(r) for r in x], type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"embedding": lists}), tmp / "good.parquet", compression="none",
+                   write_page_checksum=True)  # fmt: skip
+    data = bytearray((tmp / "good.parquet").read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 64):  # inside the data pages
+        data[i] ^= 0x55
+    (tmp / "damaged.parquet").write_bytes(bytes(data))
+    (tmp / "junk.npy").write_bytes(b"not an array")
+    idx = str(tmp / "k.st")
+    assert main(["index", "-q", "--embeddings", str(tmp / "x.npy"), "--method", "kmeans",
+                 "--codebook-size", "8", "--out", idx]) == 0  # fmt: skip
+    enc = lambda f: ["encode", "--indexer", idx, "--input", str(tmp / f), "--out", str(tmp / "o")]  # noqa: E731
+    ind = lambda f: ["index", "--embeddings", str(tmp / f), "--method", "kmeans", "--out",  # noqa: E731
+                     str(tmp / "k2.st")]  # fmt: skip
+    return {
+        "int npy to encode": (enc("ints.npy"), "ints.npy must hold floats, got int64"),
+        "int npy to index": (ind("ints.npy"), "ints.npy must hold floats, got int64"),
+        "scalar column": (enc("scalar.parquet"), "expected one list of floats per row"),
+        "empty parquet to encode": (enc("empty.parquet"), "empty.parquet holds no items"),
+        "empty parquet to index": (ind("empty.parquet"), "empty.parquet holds no items"),
+        "damaged pages": (enc("damaged.parquet"), "damaged.parquet is corrupt"),
+        "not an npy": (enc("junk.npy"), "junk.npy is not a readable .npy file"),
+        "missing file": (enc("nowhere.npy"), "nowhere.npy"),
+        "bad indexer file": (["encode", "--indexer", str(tmp / "junk.npy"), "--input",
+                              str(tmp / "x.npy"), "--out", str(tmp / "o")],
+                             "junk.npy is not a valid moc_fast indexer file"),  # fmt: skip
+        "float codes": (["train", "-q", "--dataset", "synthetic", "--codes",
+                         str(tmp / "float_codes.npy"), "--out", str(tmp / "run")],
+                        "float_codes.npy holds float64; expected integer codes"),  # fmt: skip
+    }
+
+
+CASES = ["int npy to encode", "int npy to index", "scalar column", "empty parquet to encode",
+         "empty parquet to index", "damaged pages", "not an npy", "missing file",
+         "bad indexer file", "float codes"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_bad_input_exits_non_zero_with_one_line_naming_the_file(tmp_path, capsys, case):
+    pytest.importorskip("pyarrow")
+    args, expected = _bad_inputs(tmp_path)[case]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not list(tmp_path.glob("o*.npy")) and not (tmp_path / "k2.st").exists()  # none written

@@ -219,3 +219,20 @@ def test_shards_written_chunk_by_chunk_read_back_whole(tmp_path):
     bad = [CTRData(data.x[:5], data.y[:5], data.codes[:5]), CTRData(data.x[:5], data.y[:5])]
     with pytest.raises(ValueError, match="chunk 1 has column widths"):
         write_ctr_shards(bad, tmp_path / "bad")
+
+
+def test_damaged_shard_pages_are_an_error_not_garbage(tmp_path):
+    # Shards are written with page CRCs and read with verification: flipped bytes inside a
+    # data page (uncompressed, where nothing else would notice) stop the epoch with the file.
+    import pyarrow.parquet as pq
+
+    write_ctr_shards(ctr_data(0, n=2000), tmp_path / "s", row_group=500)
+    shard = tmp_path / "s" / "shard-00000.parquet"
+    y = pq.ParquetFile(shard).metadata.row_group(1).column(2)  # the labels' column chunk
+    assert y.path_in_schema == "y"
+    data = bytearray(shard.read_bytes())
+    data[(y.dictionary_page_offset or y.data_page_offset) + y.total_compressed_size - 4] ^= 1
+    shard.write_bytes(bytes(data))
+    assert pq.ParquetFile(shard).read_row_group(1).num_rows == 500  # unverified: read as data
+    with pytest.raises(ValueError, match="shard-00000.parquet .row group 1. is corrupt"):
+        list(ParquetCTRDataset(tmp_path / "s", batch_size=100, shuffle=False))

@@ -175,9 +175,12 @@ def _embedding_source(path: str, column: str, what: str):
     from moc_fast.index.sources import as_source
 
     try:
-        return as_source(path, name=what, column=column)
+        source = as_source(path, name=what, column=column)
     except FileNotFoundError as exc:
         raise ValueError(f"{what} {path} does not exist") from exc
+    if source.num_rows == 0:
+        raise ValueError(f"{what} {path} holds no items: expected at least one embedding row")
+    return source
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -240,7 +243,11 @@ def _train(args: argparse.Namespace) -> int:
     ds = StudyData(args.dataset, cfg)
     codes = metrics = None
     if args.codes:
-        codes = np.array(_load_npy(args.codes, "--codes"), dtype=np.int64)  # writable copy
+        raw = _load_npy(args.codes, "--codes")
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"--codes {args.codes} holds {raw.dtype}; expected integer codes "
+                             "(items, M) as `moc-fast encode` writes")  # fmt: skip
+        codes = np.array(raw, dtype=np.int64)  # writable copy
     elif args.indexer:
         from moc_fast.index import load_indexer
 

@@ -58,7 +58,7 @@ def write_ctr_shards(
         widths = w
         path = out / f"shard-{i:05d}.parquet"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp, row_group_size=row_group)
+        pq.write_table(table, tmp, row_group_size=row_group, write_page_checksum=True)
         os.replace(tmp, path)
         paths.append(path)
         rows += table.num_rows
@@ -87,6 +87,17 @@ def _table(data):
     arrays.append(pa.array(data.y.float().cpu().numpy()))
     names.append("y")
     return pa.table(arrays, names=names), widths
+
+
+def _read_group(path: Path, group: int):
+    """Row group `group` of `path`, every page checked against the CRC the writer stored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True).read_row_group(group)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path} (row group {group}) is corrupt or unreadable: {exc}") from exc
 
 
 def _rank_world() -> tuple[int, int]:
@@ -194,7 +205,6 @@ class ParquetCTRDataset(torch.utils.data.IterableDataset):
         return -(-(self.rows // world) // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        import pyarrow.parquet as pq
 
         rank, world, worker, workers = self._place()
         lo, hi = self._span(rank, world, worker, workers)
@@ -206,7 +216,7 @@ class ParquetCTRDataset(torch.utils.data.IterableDataset):
             if offset <= lo or first >= hi:
                 continue  # another rank's or worker's rows: never read
             a, b = max(lo, first) - first, min(hi, offset) - first
-            table = pq.ParquetFile(path).read_row_group(group)
+            table = _read_group(path, group)
             for name in table.column_names:
                 col = table.column(name).combine_chunks()
                 if name in self.widths:

@@ -135,6 +135,7 @@ class ParquetSource(EmbeddingSource):
         from moc_fast._extras import require
 
         require("pyarrow", feature="reading embeddings from parquet")
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         p = Path(path)
@@ -144,21 +145,31 @@ class ParquetSource(EmbeddingSource):
         self.column, self.name = column, str(path)
         self.num_rows = 0
         for f in self.files:
-            schema = pq.read_schema(f)
+            try:
+                schema = pq.read_schema(f)
+                self.num_rows += pq.ParquetFile(f).metadata.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise ValueError(f"{f} is not a readable parquet file: {exc}") from exc
             if column not in schema.names:
                 raise ValueError(
                     f"{f} has no column {column!r} (columns: {schema.names}); "
                     "pass column= to name the embedding column"
                 )
-            self.num_rows += pq.ParquetFile(f).metadata.num_rows
+            kind = schema.field(column).type
+            lists = (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+                     or pa.types.is_fixed_size_list(kind))  # fmt: skip
+            if not lists or not pa.types.is_floating(kind.value_type):
+                raise ValueError(
+                    f"{f}: column {column!r} is {kind}; expected one list of floats per row "
+                    "(the item's embedding)"
+                )
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         start = 0
         for f in self.files:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=[self.column]):
+            for batch in _verified_batches(f, rows, self.column):
                 col = batch.column(0)
                 if col.null_count:
                     raise ValueError(f"{self.name}: column {self.column!r} has nulls near row "
@@ -173,6 +184,19 @@ class ParquetSource(EmbeddingSource):
                 self.dim = block.shape[1]
                 start += len(block)
                 yield block
+
+
+def _verified_batches(path: Path, rows: int, column: str) -> Iterator[Any]:
+    """Record batches of one column, every page checked against its CRC where the writer
+    stored one (`write_table(..., write_page_checksum=True)`, as moc_fast writes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path, page_checksum_verification=True)
+        yield from f.iter_batches(batch_size=rows, columns=[column])
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path} is corrupt or unreadable: {exc}") from exc
 
 
 class IterableSource(EmbeddingSource):
@@ -212,9 +236,10 @@ def as_source(X: Any, name: str = "X", column: str = PARQUET_COLUMN) -> Embeddin
             return ParquetSource(p, column)
         if p.suffix == ".npy":
             try:
-                return ArraySource(np.load(p, mmap_mode="r", allow_pickle=False), str(p))
+                arr = np.load(p, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:
                 raise ValueError(f"{name} {p} is not a readable .npy file: {exc}") from exc
+            return ArraySource(arr, str(p) if name == "X" else f"{name} {p}")
         raise ValueError(f"{name} {p}: expected a .npy file, a .parquet file or a folder of them")
     if isinstance(X, np.ndarray) or hasattr(X, "detach"):
         return ArraySource(X, name)
