@@ -36,6 +36,82 @@ def model():
                     codebook_size=8, fusion="gate", backbone_kwargs={"dropout": 0.0})  # fmt: skip
 
 
+def resume(out: str, kill_after: int) -> None:
+    """Train 3 epochs with a step checkpoint every 5 steps; with `kill_after` > 0, rank 1 dies
+    (os._exit, no cleanup) at that training step, as a preempted or crashed process would."""
+    import os
+
+    import torch.distributed as dist
+
+    from moc_fast.train import fit_ctr
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    m = model()
+    steps = [0]
+
+    def count(module, args):
+        if module.training:
+            steps[0] += 1
+            if rank == 1 and steps[0] == kill_after:
+                os._exit(17)
+
+    m.register_forward_pre_hook(count)
+    hist = fit_ctr(m, ctr_data(0), ctr_data(1, n=2000), epochs=3, batch_size=256, lr=1e-2,
+                   device="cpu", progress=False, checkpoint=out + ".ckpt",
+                   checkpoint_every=5)  # fmt: skip
+    params = {k: v.tolist() for k, v in m.state_dict().items()}
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"history": hist["history"], "params": params}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def checkpoint_on_rank_0_only(out: str) -> None:
+    """Rank 0 finds a checkpoint, rank 1 (another node's disk) does not: both must refuse."""
+    import torch.distributed as dist
+
+    from moc_fast.train import fit_ctr
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    try:
+        fit_ctr(model(), ctr_data(0), ctr_data(1, n=2000), epochs=2, batch_size=256,
+                device="cpu", progress=False, checkpoint=f"{out}.rank{rank}.ckpt")  # fmt: skip
+    except ValueError as exc:
+        with open(f"{out}.rank{rank}.err", "w") as f:
+            f.write(str(exc))
+        sys.exit(3)
+
+
+def item_table_is_not_broadcast(out: str) -> None:
+    """Rank 1 holds other (same-shaped) item codes than rank 0: DDP used to overwrite them
+    with rank 0's at every forward (a 3.2 GB broadcast per step at 100M items)."""
+    import torch.distributed as dist
+
+    from moc_fast.nn import CTRModel
+    from moc_fast.train import fit_ctr
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    m = CTRModel([40, 300], embed_dim=8, num_codebooks=2, codebook_size=8, item_field=1,
+                 backbone_kwargs={"dropout": 0.0})  # fmt: skip
+    codes = np.random.default_rng(rank).integers(0, 8, (300, 2))
+    m.item_codes.add_items(codes)
+    data = ctr_data(0)
+    train = type(data)(data.x, data.y)  # no codes column: the model looks them up itself
+    fit_ctr(m, train, ctr_data(1, n=500), epochs=1, batch_size=256, device="cpu",
+            progress=False)  # fmt: skip
+    np.save(f"{out}.rank{rank}.npy", m.item_codes.table.numpy())
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main(out: str, mode: str, epochs: int = 3) -> None:
     import torch.distributed as dist
 
@@ -78,4 +154,11 @@ def main(out: str, mode: str, epochs: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))
+    if sys.argv[2] == "resume":
+        resume(sys.argv[1], int(sys.argv[3]))
+    elif sys.argv[2] == "rank0-checkpoint":
+        checkpoint_on_rank_0_only(sys.argv[1])
+    elif sys.argv[2] == "item-table":
+        item_table_is_not_broadcast(sys.argv[1])
+    else:
+        main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))

@@ -63,6 +63,26 @@ def test_item_codes_lookup_add_and_state_round_trip():
     assert not any(p.requires_grad for p in ic.parameters())
 
 
+def test_item_codes_use_the_smallest_dtype_and_look_up_int64():
+    codes = np.random.default_rng(0).integers(0, 256, (1000, 3))
+    ic = ItemCodes(codes, codebook_size=256)
+    assert ic.table.dtype == torch.uint8 and ic.table.nbytes == 3000  # 8x less than int64
+    out = ic(torch.arange(1000))
+    assert out.dtype == torch.int64 and torch.equal(out, torch.from_numpy(codes))
+    assert ItemCodes(codes, codebook_size=1000).table.dtype == torch.int16
+    assert ItemCodes(codes, codebook_size=70_000).table.dtype == torch.int32
+    grows = ItemCodes(codes)  # no codebook_size: the dtype follows the codes held
+    assert grows.table.dtype == torch.uint8
+    grows.add_items(np.array([[300, 0, 1]]))
+    assert grows.table.dtype == torch.int16
+    assert grows(torch.tensor([1000])).tolist() == [[300, 0, 1]]
+    # a state saved with an int64 table (files written before) loads into the small table
+    old = {"table": torch.from_numpy(codes)}
+    fresh = ItemCodes(num_codes=3, codebook_size=256)
+    fresh.load_state_dict(old)
+    assert fresh.table.dtype == torch.uint8 and torch.equal(fresh(torch.arange(1000)), old["table"])
+
+
 def test_new_items_get_the_collision_codes_one_encode_call_would_give():
     x = np.random.default_rng().standard_normal((400, 8)).astype(np.float32)
     x[390:] = x[5]  # new items that collide with an old one and with each other

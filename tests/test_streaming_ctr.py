@@ -194,6 +194,49 @@ def test_each_rank_reads_only_its_share_of_the_bytes(tmp_path):
         assert half < 0.6 * alone, (half, alone)
 
 
+def torchrun_raw(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_a_rank_killed_mid_epoch_resumes_from_the_step_checkpoint_exactly(tmp_path):
+    whole = torchrun_raw(str(tmp_path / "whole.json"), "resume", "0")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # 24 steps per epoch: rank 1 dies at step 31 (epoch 2, step 7), after the checkpoint of
+    # epoch 2, step 5; the rerun resumes there, every rank with its own RNG state.
+    killed = torchrun_raw(str(tmp_path / "cut.json"), "resume", "31")
+    assert killed.returncode != 0 and not (tmp_path / "cut.json").exists()
+    state = torch.load(tmp_path / "cut.json.ckpt", weights_only=True)
+    assert (state["epoch"], state["step"], state["world"]) == (1, 5, 2)
+    assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
+    again = torchrun_raw(str(tmp_path / "cut.json"), "resume", "0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("whole.json", "cut.json"))
+    assert a["history"] == b["history"]
+    assert a["params"] == b["params"]  # bit for bit
+
+
+def test_a_checkpoint_on_rank_0_only_is_an_error_on_every_rank(tmp_path):
+    fit_ctr(model(), ctr_data(0), ctr_data(1, n=2000), epochs=1, batch_size=256, device="cpu",
+            progress=False, checkpoint=tmp_path / "c.rank0.ckpt")  # fmt: skip
+    run = torchrun_raw(str(tmp_path / "c"), "rank0-checkpoint", timeout=120)
+    assert run.returncode != 0
+    for rank in (0, 1):  # neither resumed alone nor started afresh: both refused
+        err = (tmp_path / f"c.rank{rank}.err").read_text()
+        assert "exists on ranks [0] but not on ranks [1]" in err
+
+
+def test_ddp_leaves_the_item_code_table_out_of_the_buffer_broadcast(tmp_path):
+    run = torchrun_raw(str(tmp_path / "t"), "item-table", timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    tables = [np.load(tmp_path / f"t.rank{r}.npy") for r in (0, 1)]
+    for rank, table in enumerate(tables):  # each rank kept its own table
+        want = np.random.default_rng(rank).integers(0, 8, (300, 2))
+        assert table.dtype == np.uint8 and np.array_equal(table, want)
+
+
 def test_build_ctr_splits_write_shards_that_stream_back(tmp_path):
     from moc_fast.data.protocol import build_ctr
     from moc_fast.data.synthetic import synthetic_catalog

@@ -6,8 +6,6 @@ from moc_fast._extras import require
 
 require("torch", "tqdm", feature="moc_fast.train")
 
-import copy
-import io
 import logging
 import math
 import time
@@ -21,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moc_fast.fileio import atomic_write_bytes
+from moc_fast.fileio import atomic_writer
 from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -200,10 +198,90 @@ def _val_predictions(model: nn.Module, val: CTRData | Batches, dev: torch.device
     return y, p
 
 
+CHECKPOINT_VERSION = 2
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """torch.save straight into the atomic temporary file: one copy of the state in memory."""
+    with atomic_writer(path) as f:
+        torch.save(state, f)
+
+
+def _rng_states(dev: torch.device) -> list[dict[str, Any]]:
+    """Every rank's RNG states (CPU, and CUDA on a GPU), gathered in rank order."""
+    mine = {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}  # fmt: skip
+    _, world = _distributed()
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def _agree(value: Any) -> list[Any]:
+    """`value` of every rank, in rank order (one collective; just [value] in one process)."""
+    _, world = _distributed()
+    if world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _load_checkpoint(path: Path | None, dev: torch.device) -> dict[str, Any] | None:
+    """The checkpoint to resume from, the same on every rank, or None. Every rank must see the
+    same file: one present on some ranks only (node-local storage) is an error on all of them,
+    as resuming on some ranks while the others start afresh would silently diverge."""
+    rank, world = _distributed()
+    seen = _agree((path is not None, path is not None and path.exists()))
+    if len({given for given, _ in seen}) > 1:
+        raise ValueError("checkpoint must be given on every rank or on none (saving it is a "
+                         "collective: every rank's RNG state goes into the file)")  # fmt: skip
+    present = [exists for _, exists in seen]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = [r for r, p in enumerate(present) if not p]
+        raise ValueError(
+            f"checkpoint {path} exists on ranks {[r for r, p in enumerate(present) if p]} but "
+            f"not on ranks {missing}: every rank must read the same checkpoint (shared "
+            "storage), or none may have one"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved_world = state.get("world", 1)
+    where = [(state["epoch"], state.get("step", 0))]
+    if saved_world != world:
+        raise ValueError(f"checkpoint {path} was written by {saved_world} ranks, this run has "
+                         f"{world}: resume with the same number of ranks")  # fmt: skip
+    if len(set(_agree(where[0]))) != 1:
+        raise ValueError(f"checkpoint {path} differs between ranks: {_agree(where[0])}")
+    rng = state["rng"][rank] if "rng" in state else {"cpu": state["torch_rng"], "cuda": None}
+    torch.set_rng_state(rng["cpu"])
+    if rng.get("cuda") is not None and dev.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], dev)
+    return state
+
+
+def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A host copy of a state dict (the best weights kept aside off the accelerator)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _ddp(model: nn.Module, dev: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel. `ItemCodes` tables (constant, and up to GBs at 100M
+    items) are left out of DDP's per-forward buffer broadcast; other buffers are still synced."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from moc_fast.nn.item_codes import ItemCodes
+
+    tables = [f"{n}.table" for n, m in model.named_modules() if isinstance(m, ItemCodes)]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, tables)
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def fit_ctr(
@@ -224,6 +302,7 @@ def fit_ctr(
     embedding_l2: float = 0.0,
     net_l2: float = 0.0,
     checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
     """Adam + BCE; stop after `patience` epochs without a better validation AUC and restore
     the best weights. Returns the history (per-epoch loss / val AUC) and the best epoch.
@@ -244,10 +323,15 @@ def fit_ctr(
     shard themselves (`ParquetCTRDataset` does, by rank). Validation AUC is computed on the
     predictions of all ranks gathered, not averaged per rank. Only rank 0 writes.
 
-    `checkpoint`: a file written (atomically) after every epoch with the model, optimizer and
-    RNG states, the epoch, the history and the best weights so far; when it exists at the
-    start, training resumes after its epoch and continues exactly as the uninterrupted run.
+    `checkpoint`: a file written (atomically, by rank 0) after every epoch, and every
+    `checkpoint_every` steps within one, with the model, optimizer, every rank's RNG states
+    (CPU and CUDA), the epoch and step, the history and the best weights so far; when it exists
+    at the start, training resumes where it was written and continues exactly as the
+    uninterrupted run (a loader's batches before that step are read again and skipped). Every
+    rank must see the same file, with the same number of ranks, else a `ValueError`.
     """
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
     if isinstance(train, CTRData) and len(train) == 0 or isinstance(val, CTRData) and not len(val):
         raise ValueError("train and val must be non-empty")
     if min_epochs < 0:
@@ -259,11 +343,6 @@ def fit_ctr(
     )
     rank, world = _distributed()
     model.to(dev)
-    net: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     in_memory = isinstance(train, CTRData)
     tr = train.to(dev) if in_memory else None
     if in_memory and world > 1 and batch_size < world:
@@ -277,34 +356,50 @@ def fit_ctr(
         emb_params, net_params = _regularised(model)
         gen = torch.Generator().manual_seed(seed)
         use_amp = amp and dev.type == "cuda"
-        best = {"auc": -1.0, "epoch": 0, "state": None}
+        best: dict[str, Any] = {"auc": -1.0, "epoch": 0, "state": None}
         history: list[dict[str, Any]] = []
-        first = 1
+        first, skip, partial = 1, 0, (0.0, 0)
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        if ckpt is not None and ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(ckpt, dev)  # before DDP wraps the model (it broadcasts it)
+        if state is not None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
             best, history = state["best"], state["history"]
-            first = state["epoch"] + 1
-            log.info("resuming %s after epoch %d", ckpt, state["epoch"])
+            first, skip = state["epoch"] + 1, state.get("step", 0)
+            partial = tuple(state.get("partial", (0.0, 0)))
+            log.info("resuming %s after epoch %d, step %d", ckpt, state["epoch"], skip)
+            del state
+        net = _ddp(model, dev) if world > 1 else model
+
+        def save(epoch_done: int, step: int, epoch_gen: Tensor, part: tuple[float, int]) -> None:
+            if ckpt is None:
+                return
+            rng = _rng_states(dev)  # a collective: every rank takes part, rank 0 writes
+            if rank == 0:
+                _save_checkpoint(ckpt, {
+                    "version": CHECKPOINT_VERSION, "world": world, "epoch": epoch_done,
+                    "step": step, "partial": part, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "generator": epoch_gen, "rng": rng,
+                    "best": best, "history": history,
+                })  # fmt: skip
+
         start = time.perf_counter()
         epochs_bar = Progress(epochs, desc, progress)
         if first > 1:
             epochs_bar.update(first - 1)
-        stopped = first > 1 and _stops(first - 1, best["epoch"], patience, min_epochs)
+        stopped = first > 1 and not skip and _stops(first - 1, best["epoch"], patience, min_epochs)
         for epoch in range(first, epochs + 1):
             if stopped:
                 break
             model.train()
-            total, batches = 0.0, 0
+            epoch_gen = gen.get_state()  # where this epoch's order comes from (for a resume)
+            total, batches = partial if epoch == first else (0.0, 0)
             if in_memory:
                 perm = torch.randperm(len(tr), generator=gen).to(dev)
                 chunks = [c[rank::world] for c in perm.split(batch_size) if len(c) >= world]
-                steps = ((tr.inputs(i) + (tr.y[i],)) for i in chunks)
                 n_steps = len(chunks)
+                steps = ((tr.inputs(i) + (tr.y[i],)) for i in chunks)
             else:
                 for obj in (getattr(train, "dataset", None), getattr(train, "sampler", None)):
                     if hasattr(obj, "set_epoch"):
@@ -313,6 +408,8 @@ def fit_ctr(
                 n_steps = len(train) if hasattr(train, "__len__") else 0
             bar = Progress(n_steps, f"{desc} epoch {epoch}", progress, plain=False)
             for b, (x, codes, dense, y) in enumerate(steps):
+                if epoch == first and b < skip:
+                    continue  # done before the checkpoint this run resumed from
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits = net(x, codes, dense)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), y)
@@ -327,6 +424,8 @@ def fit_ctr(
                 total += loss.item()
                 batches += 1
                 bar.update()
+                if checkpoint_every and (b + 1) % checkpoint_every == 0:
+                    save(epoch - 1, b + 1, epoch_gen, (total, batches))
             bar.close()
             if not batches:
                 raise ValueError("the training data gave no batches")
@@ -336,15 +435,10 @@ def fit_ctr(
             log.info("epoch %d: train loss %.4f, val AUC %.4f", epoch, total / batches, val_auc)
             epochs_bar.update(1, loss=f"{total / batches:.4f}", val_auc=f"{val_auc:.4f}")
             if val_auc > best["auc"]:
-                best = {"auc": val_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+                best = {"auc": val_auc, "epoch": epoch, "state": _cpu_copy(model.state_dict())}
             elif _stops(epoch, best["epoch"], patience, min_epochs):
                 stopped = True
-            if ckpt is not None and rank == 0:
-                _save_checkpoint(ckpt, {
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "best": best, "history": history,
-                })  # fmt: skip
+            save(epoch, 0, gen.get_state(), (0.0, 0))
         epochs_bar.close()
         model.load_state_dict(best["state"])
         return {

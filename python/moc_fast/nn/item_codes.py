@@ -11,13 +11,29 @@ from torch import Tensor, nn
 from moc_fast import engine
 
 
+def code_dtype(largest: int) -> torch.dtype:
+    """The smallest integer dtype that holds codes 0..largest (uint8 for K <= 256)."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if largest <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
+def _wider(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    order = (torch.uint8, torch.int16, torch.int32, torch.int64)
+    return max(a, b, key=order.index)
+
+
 class ItemCodes(nn.Module):
-    """A non-trainable `(N, M)` int64 buffer of every item's codes, so that a model takes item
-    ids and looks the codes up itself. `add_items` appends new items (cold start: items that
+    """A non-trainable `(N, M)` buffer of every item's codes, so that a model takes item ids
+    and looks the codes up itself. `add_items` appends new items (cold start: items that
     arrive after training get codes from the indexer and are scored through them).
 
-    `codebook_size` bounds every code (the model's code tables' rows); codes outside it are
-    refused when added, not when looked up.
+    The table is stored in the smallest integer dtype that holds every code (uint8 for
+    K <= 256: 100M items x 3 codes take 300 MB instead of 2.4 GB as int64); lookups return
+    int64. Under `fit_ctr`'s DDP the table is left out of the per-step buffer broadcast.
+    `codebook_size` bounds every code (the model's code tables' rows) and fixes the dtype;
+    codes outside it are refused when added, not when looked up.
     """
 
     def __init__(self, codes: Any | None = None, num_codes: int | None = None,
@@ -29,7 +45,12 @@ class ItemCodes(nn.Module):
             codes = np.zeros((0, num_codes), dtype=np.int64)
         table = self._as_codes(codes, num_codes, codebook_size)
         self.num_codes, self.codebook_size = table.shape[1], codebook_size
-        self.register_buffer("table", table)
+        self.register_buffer("table", table.to(self._dtype_for(table)))
+
+    def _dtype_for(self, codes: Tensor) -> torch.dtype:
+        if self.codebook_size:
+            return code_dtype(self.codebook_size - 1)
+        return code_dtype(int(codes.max()) if codes.numel() else 0)
 
     @staticmethod
     def _as_codes(codes: Any, num_codes: int | None, codebook_size: int | None) -> Tensor:
@@ -68,15 +89,16 @@ class ItemCodes(nn.Module):
         if indexer is not None:
             new = indexer.encode_raw(embeddings)
             if indexer.appends_collision_code:
-                old = self.table[:, :-1].numpy()
+                old = self.table[:, :-1].cpu().numpy().astype(np.int64)
                 if old.shape[1] != new.shape[1]:
                     raise ValueError(f"the indexer gives {new.shape[1]} codes + a collision "
                                      f"code, these items have {self.num_codes}")  # fmt: skip
                 new = engine.resolve_collisions(np.concatenate([old, new]))[len(old) :]
             codes = new
         t = self._as_codes(codes, self.num_codes, self.codebook_size).to(self.table.device)
+        dtype = _wider(self.table.dtype, self._dtype_for(t))
         start = len(self.table)
-        self.table = torch.cat([self.table, t])
+        self.table = torch.cat([self.table.to(dtype), t.to(dtype)])
         return torch.arange(start, len(self.table))
 
     def forward(self, items: Tensor) -> Tensor:
@@ -92,12 +114,14 @@ class ItemCodes(nn.Module):
                 f"item {bad} has no codes: ItemCodes holds items 0..{n - 1} (add new items "
                 "with add_items)"
             )
-        return self.table[items.long()]
+        return self.table[items.long()].long()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         saved = state_dict.get(prefix + "table")
-        if saved is not None and saved.shape != self.table.shape:  # items were added
-            self.table = torch.empty_like(saved, device=self.table.device)
+        if saved is not None:  # items were added, or the file holds another dtype (int64)
+            dtype = _wider(self.table.dtype, self._dtype_for(saved))
+            if saved.shape != self.table.shape or dtype != self.table.dtype:
+                self.table = torch.empty(saved.shape, dtype=dtype, device=self.table.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
