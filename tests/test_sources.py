@@ -3,9 +3,11 @@ RAM gives, with memory bounded by blocks rather than N."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +254,38 @@ def test_cli_indexes_and_encodes_parquet_and_memory_maps(data, capsys):
     assert main(["encode", "-q", "--indexer", str(km), "--input", str(tmp / "missing.npy"),
                  "--out", str(tmp / "c.npy")]) != 0  # fmt: skip
     assert "--input" in capsys.readouterr().err
+
+
+def _write_npy(path, n: int) -> None:
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, 384))
+    rng = np.random.default_rng(0)
+    for s in range(0, n, 50_000):
+        mm[s : s + 50_000] = rng.standard_normal((min(50_000, n - s), 384), dtype=np.float32)
+    mm.flush()
+    del mm
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise (Linux)")
+@pytest.mark.parametrize("how", ["path", "mmap"])
+def test_out_of_core_fit_and_encode_do_not_keep_the_file_resident(tmp_path, how):
+    # Fresh processes, files dropped from the page cache. The file is read with pread, never
+    # through a mapping (whose pages some kernels kept resident: 3.9 GB for a 3.1 GB file), so
+    # none of its pages is ever mapped, and 4x the rows (+230 MB of file) add little to the peak.
+    import json
+
+    from conftest import PYTHON
+
+    peaks = {}
+    for n in (50_000, 200_000):
+        _write_npy(tmp_path / f"x{n}.npy", n)
+        run = subprocess.run([*PYTHON, str(Path(__file__).parent / "ooc_worker.py"),
+                              str(tmp_path / f"x{n}.npy"), how],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert out["rows"] == n
+        assert out["mapped"] == 0  # no page of the file ever resident through a mapping
+        peaks[n] = out["peak"]
+        (tmp_path / f"x{n}.npy").unlink()
+    grown = peaks[200_000] - peaks[50_000]
+    assert grown < 0.25 * 150_000 * 384 * 4, f"peak RSS grew {grown / 1e6:.0f} MB: {peaks}"

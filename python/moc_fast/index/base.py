@@ -19,7 +19,7 @@ from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
 
-ENCODE_CHUNK = 65_536
+ENCODE_CHUNK = 16_384  # rows per encode block: its encoder activations stay ~50 MB
 SHUFFLE_BYTES = 256 << 20  # the shuffle buffer of streamed (parquet, iterable) training data
 
 
@@ -55,6 +55,28 @@ def embedding_blocks(X: Any, input_dim: int, rows: int = ENCODE_CHUNK) -> Iterat
                 f"X has {block.shape[1]} columns but this indexer was built for D = {input_dim}"
             )
         yield block
+
+
+def encode_blocks(
+    X: Any, input_dim: int, num_codes: int, codes_of: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """`codes_of` over the blocks of `X`, as one int64 `(N, num_codes)` array. Where N is
+    known beforehand the blocks are written into the result as they come, so the whole
+    output is allocated once and never held twice (blocks plus their concatenation)."""
+    source = as_source(X)
+    n = source.num_rows
+    out = np.empty((n, num_codes), dtype=np.int64) if n is not None else None
+    parts, at = [], 0
+    for block in embedding_blocks(source, input_dim):
+        codes = codes_of(block)
+        if out is not None:
+            out[at : at + len(codes)] = codes
+        else:
+            parts.append(codes)
+        at += len(codes)
+    if out is not None:
+        return out[:at]
+    return np.concatenate(parts) if parts else np.zeros((0, num_codes), dtype=np.int64)
 
 
 def as_embeddings(X: Any, input_dim: int | None = None, name: str = "X") -> np.ndarray:
@@ -346,17 +368,15 @@ class VQIndexer(nn.Module, Indexer):
         use_engine = backend == "engine" or (backend == "auto" and dev.type == "cpu")
         was_training = self.training
         self.eval()
-        out = []
-        for block in embedding_blocks(X, self.input_dim):
+
+        def codes_of(block: np.ndarray) -> np.ndarray:
             z = self.latents(torch.from_numpy(block).to(dev))
-            if use_engine:
-                out.append(self._assign_engine(z))
-            else:
-                out.append(self._assign_torch(z).cpu().numpy())
-        self.train(was_training)
-        if not out:
-            return np.zeros((0, self.num_codes), dtype=np.int64)
-        return np.concatenate(out)
+            return self._assign_engine(z) if use_engine else self._assign_torch(z).cpu().numpy()
+
+        try:
+            return encode_blocks(X, self.input_dim, self.num_codes, codes_of)
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def reconstruct(self, X: Any) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from moc_fast import engine
-from moc_fast.index.base import Indexer, as_embeddings, embedding_blocks
+from moc_fast.index.base import Indexer, as_embeddings, encode_blocks
 from moc_fast.index.sources import EmbeddingSource, as_source, seeded_sample
 
 
@@ -151,12 +151,10 @@ class _TrainingFree(Indexer):
 
     def encode_raw(self, X: Any) -> np.ndarray:
         self._require_fitted()
-        out = []
-        for block in embedding_blocks(X, self.input_dim):
-            out.append(engine.assign_residual(self.proj.forward(block), self.codebooks_)[0])
-        if not out:
-            return np.zeros((0, self.num_codes), dtype=np.int64)
-        return np.concatenate(out)
+        return encode_blocks(
+            X, self.input_dim, self.num_codes,
+            lambda block: engine.assign_residual(self.proj.forward(block), self.codebooks_)[0],
+        )  # fmt: skip
 
     def reconstruct(self, X: Any) -> np.ndarray:
         codes = self.encode_raw(X)

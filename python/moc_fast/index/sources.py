@@ -68,7 +68,14 @@ class EmbeddingSource:
 
 
 class ArraySource(EmbeddingSource):
-    """A numpy array, a memory-mapped `.npy` or a CPU tensor (never copied whole)."""
+    """A numpy array, a memory-mapped `.npy` or a CPU tensor (never copied whole).
+
+    A memory-mapped array (a `.npy` path, or `np.load(..., mmap_mode="r")` and row slices of
+    it) is read with explicit `pread` calls into fresh buffers, never through the mapping: no
+    file page is ever mapped into the process, so resident memory is bounded by the blocks in
+    use on every kernel, whatever its readahead, fault-around or transparent huge pages do with
+    mapped files. The kernel keeps what it reads in its page cache, which it reclaims freely.
+    """
 
     random_access = True
 
@@ -84,19 +91,20 @@ class ArraySource(EmbeddingSource):
             raise TypeError(f"{name} must hold floats, got {arr.dtype}")
         self.arr, self.name = arr, name
         self.num_rows, self.dim = arr.shape
+        self.file = _file_rows(arr)  # (path, byte offset of row 0) where pread can read it
+        self._fd: tuple[int, int] | None = None  # (pid, fd): reopened in a forked child
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
         for s in range(0, self.num_rows, rows):
-            block = check_block(self.arr[s : s + rows], s, self.dim, self.name)
-            self._release()
-            yield block
+            raw = self._read(np.arange(s, min(s + rows, self.num_rows)))
+            yield check_block(raw, s, self.dim, self.name)
 
     def take(self, idx: np.ndarray) -> np.ndarray:
-        """Rows `idx` in that order; read in ascending order (sequential on a memory map)."""
+        """Rows `idx` in that order; read in ascending order (sequential on a file)."""
+        idx = np.asarray(idx, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         rows = np.empty((len(idx), self.dim), dtype=np.float32)
-        rows[order] = self.arr[idx[order]]
-        self._release()
+        rows[order] = self._read(idx[order])
         bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
             row = int(idx[int(np.argmax(bad))])
@@ -104,11 +112,45 @@ class ArraySource(EmbeddingSource):
         return rows
 
     def in_memory(self) -> np.ndarray | None:
-        return None if _mapping(self.arr) is not None else self.arr
+        return None if self.file is not None or _mapping(self.arr) is not None else self.arr
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (ascending) as a new array of the stored dtype: by pread from the file
+        (one call per run of consecutive rows), else from the array."""
+        if self.file is None:
+            out = np.ascontiguousarray(self.arr[rows])
+            self._release()
+            return out
+        out = np.empty((len(rows), self.dim), dtype=self.arr.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        row_bytes = self.dim * self.arr.dtype.itemsize
+        fd, (_, base) = self._open(), self.file
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+            want, got = (stop - start) * row_bytes, 0
+            pos = base + int(rows[start]) * row_bytes
+            while got < want:  # pread may return less than asked
+                n = os.preadv(fd, [view[start * row_bytes + got : stop * row_bytes]], pos + got)
+                if n <= 0:
+                    raise ValueError(f"{self.name}: the file ended early (truncated?)")
+                got += n
+        return out
+
+    def _open(self) -> int:
+        if self._fd is None or self._fd[0] != os.getpid():
+            self._fd = (os.getpid(), os.open(self.file[0], os.O_RDONLY))
+        return self._fd[1]
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None and self._fd[0] == os.getpid():
+            os.close(self._fd[1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}
 
     def _release(self) -> None:
-        """Unmap the pages just read from a memory map (they stay in the page cache): without
-        this every page ever read counts towards the process's resident memory."""
+        """Unmap the pages just read from a memory map that pread cannot serve (they stay in
+        the page cache): without this every page ever read counts as resident memory."""
         m = _mapping(self.arr)
         if m is not None and hasattr(m, "madvise"):
             m.madvise(mmap.MADV_DONTNEED)
@@ -125,6 +167,19 @@ def _mapping(arr: np.ndarray) -> mmap.mmap | None:
             return m
         a = getattr(a, "base", None)
     return None
+
+
+def _file_rows(arr: np.ndarray) -> tuple[str, int] | None:
+    """(file, byte offset of row 0) when `arr` is C-contiguous rows of a `np.memmap` (or a
+    row slice of one) in native byte order, else None."""
+    if not hasattr(os, "preadv") or not arr.flags.c_contiguous or not arr.dtype.isnative:
+        return None
+    root: Any = arr
+    while isinstance(getattr(root, "base", None), np.memmap):
+        root = root.base
+    if not isinstance(root, np.memmap) or not getattr(root, "filename", None):
+        return None
+    return str(root.filename), int(root.offset) + (arr.ctypes.data - root.ctypes.data)
 
 
 class ParquetSource(EmbeddingSource):
