@@ -12,6 +12,12 @@ memory (VmHWM), so phases never share a heap or an OpenMP pool:
    the first `--compare-samples` samples in memory;
 3. the in-memory epoch again under `torchrun --nproc_per_node=2` (gloo, one thread per
    process): throughput per process.
+4. `--only catalogue`: a `--catalogue-items` (default 100M) x 384 catalogue streamed from a
+   seeded generator (Ray `range` blocks; 100M x 384 float32 is 154 GB, more than the disk)
+   through `encode_ray` (RQ-k-means, PCA 64, 3 x 256 + collision code): the generator's read
+   tasks and the encoder actors share `--threads` CPUs, the collision pass runs in hash
+   partitions; reports items/s, the driver's peak RSS and the largest Ray worker's, and the
+   `ItemCodes` table's size.
 Data are synthetic (clustered embeddings; users/items/codes drawn at random): throughput and
 memory do not depend on what the numbers mean. Results go to `--out` (JSON) and, with
 `--results`, into benches/RESULTS.md between `<!-- bench_scale:begin/end -->`.
@@ -186,11 +192,75 @@ def phase_ctr(args: argparse.Namespace) -> dict:
             "loader_worker_peak_rss_mb": workers.stop()}  # fmt: skip
 
 
+def clustered(start: int, n: int, d: int = 384) -> np.ndarray:
+    """Rows start..start+n of a synthetic catalogue: 1024 topic centres plus noise, seeded by
+    `start` (so any block can be made on any worker, in any order)."""
+    centres = np.random.default_rng(0).standard_normal((1024, d)).astype(np.float32)
+    rng = np.random.default_rng([1, start])
+    return centres[rng.integers(0, 1024, n)] + 0.5 * rng.standard_normal((n, d), np.float32)
+
+
+class ProcessPeak:
+    """The largest VmHWM among processes whose command line contains `marker` (Ray's
+    workers), sampled every second."""
+
+    def __init__(self, marker: str = "ray::") -> None:
+        import threading
+
+        self.marker, self.peak_mb, self._stop = marker, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    if self.marker not in (proc / "cmdline").read_text():
+                        continue
+                    for line in (proc / "status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+                except OSError:
+                    pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
+def phase_catalogue(args: argparse.Namespace) -> dict:
+    import ray
+
+    from moc_fast.distributed import encode_ray
+    from moc_fast.index import RQKMeansIndexer
+    from moc_fast.nn import ItemCodes
+
+    n = args.catalogue_items
+    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False,
+             object_store_memory=2 << 30)  # a bounded store: its pages count in RSS
+    idx = RQKMeansIndexer(3, K, pca_dim=64, collision_code=True).fit(clustered(0, 200_000))
+    ds = ray.data.range(n, override_num_blocks=max(1, n // 1_000_000)).map_batches(
+        lambda b: {"embedding": clustered(int(b["id"][0]), len(b["id"]))}, batch_size=65_536
+    )
+    workers = ProcessPeak()
+    t = time.perf_counter()
+    codes = encode_ray(ds, idx, batch_size=65_536, num_cpus=1)
+    s = time.perf_counter() - t
+    worker_mb = workers.stop()
+    table = ItemCodes(codes).table
+    return {"items": n, "seconds": s, "items_per_s": n / s, "ray_worker_peak_rss_mb": worker_mb,
+            "codes_shape": list(codes.shape), "largest_collision_code": int(codes[:, -1].max()),
+            "item_codes_dtype": str(table.dtype), "item_codes_mb": table.nbytes / 2**20,
+            "int64_codes_mb": codes.nbytes / 2**20}  # fmt: skip
+
+
 def run_phase(args: argparse.Namespace, name: str, *extra: str, torchrun: int = 0) -> dict:
     base = [str(Path(__file__).resolve()), "--phase", name, "--work", str(args.work),
             "--threads", str(args.threads), "--batch-size", str(args.batch_size),
             "--compare-items", str(args.compare_items), "--workers", str(args.workers),
-            "--compare-samples", str(args.compare_samples), *extra]  # fmt: skip
+            "--compare-samples", str(args.compare_samples),
+            "--catalogue-items", str(args.catalogue_items), *extra]  # fmt: skip
     cmd = [sys.executable, *base]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
@@ -236,7 +306,24 @@ def table(res: dict) -> str:
         f"{d['samples']:,} samples | {d['samples_per_s_per_process']:,.0f} samples/s per "
         f"process ({d['samples_per_s']:,.0f} together) | | | "
         f"{d['peak_rss_mb']:,.0f} MB (max of ranks) |",
+        *catalogue_rows(res),
     ])  # fmt: skip
+
+
+def catalogue_rows(res: dict) -> list[str]:
+    if "catalogue" not in res:
+        return []
+    c = res["catalogue"]
+    return [
+        f"| {c['items'] / 1e6:,.0f}M x 384 catalogue -> codes through Ray (`encode_ray`, "
+        f"RQ-k-means "
+        f"PCA 64, 3 x 256 + collision code; generator + 1 actor on {res['threads']} CPUs; "
+        f"`{res.get('catalogue_argv', '')}`) | {c['items']:,} items | "
+        f"{c['items_per_s']:,.0f} items/s ({c['seconds'] / 60:,.1f} min) | | | driver "
+        f"{c['peak_rss_mb']:,.0f} MB, largest Ray worker {c['ray_worker_peak_rss_mb']:,.0f} MB; "
+        f"`ItemCodes` {c['item_codes_mb']:,.0f} MB as {c['item_codes_dtype']} "
+        f"(int64: {c['int64_codes_mb']:,.0f} MB) |",
+    ]
 
 
 def main() -> None:
@@ -254,17 +341,19 @@ def main() -> None:
     p.add_argument("--results", action="store_true", help="write benches/RESULTS.md")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--resume", action="store_true", help="keep the phases already in --out")
+    p.add_argument("--catalogue-items", type=int, default=100_000_000)
+    p.add_argument("--only", help="comma-separated phases to run (e.g. catalogue)")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:  # one JSON file per process (torchrun's ranks would interleave stdout)
-        res = {"index": phase_index, "ctr": phase_ctr}[args.phase](args)
+        phase = {"index": phase_index, "ctr": phase_ctr, "catalogue": phase_catalogue}
+        res = phase[args.phase](args)
         res["peak_rss_mb"] = peak_rss_mb()
         rank = os.environ.get("RANK", "0")
         (args.work / f"phase-{args.phase}-{rank}.json").write_text(json.dumps(res))
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
         return
@@ -272,13 +361,18 @@ def main() -> None:
         args.items, args.samples, args.compare_items, args.compare_samples = (
             20_000, 200_000, 10_000, 100_000)  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
     t = time.perf_counter()
-    make_embeddings(args.work / "emb.npy", args.items, args.dim)
-    make_shards(args.work / "shards", args.samples)
+    if only is None or only - {"catalogue"}:
+        make_embeddings(args.work / "emb.npy", args.items, args.dim)
+        make_shards(args.work / "shards", args.samples)
     print(f"data ready in {time.perf_counter() - t:.0f} s", flush=True)
     res = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
-    res.update(argv=" ".join(a for a in sys.argv[1:] if a != "--resume"), threads=args.threads,
-               cpu=platform.processor() or platform.machine())  # fmt: skip
+    argv = " ".join(a for a in sys.argv[1:] if a != "--resume")
+    if only is None:
+        res.update(argv=argv, threads=args.threads, cpu=platform.processor() or platform.machine())
+    else:  # the other phases' command line stays; these phases note their own
+        res.update({f"{key}_argv": argv for key in only})
     one_thread = argparse.Namespace(**{**vars(args), "threads": 1})
     phases = {
         "index": lambda: run_phase(args, "index"),
@@ -286,9 +380,10 @@ def main() -> None:
         "ctr": lambda: run_phase(args, "ctr"),
         "ctr_ram": lambda: run_phase(args, "ctr", "--in-memory"),
         "ctr_ddp": lambda: run_phase(one_thread, "ctr", "--in-memory", torchrun=2),
+        "catalogue": lambda: run_phase(args, "catalogue"),
     }
     for key, run in phases.items():
-        if key not in res:
+        if key not in res and (only is None or key in only):
             res[key] = run()
             args.out.write_text(json.dumps(res, indent=2))  # resumable after each phase
     print(table(res))

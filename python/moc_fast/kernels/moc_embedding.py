@@ -77,9 +77,23 @@ def moc_embedding_torch(
     # the same bits with any thread count (advanced indexing's accumulate did not).
     offsets = torch.arange(m, device=codes.device) * k
     emb = F.embedding(codes + offsets, tables.reshape(m * k, -1))
+    return moc_fuse(emb, w_down, b_down, w_up, b_up, mode, activation)
+
+
+def moc_fuse(
+    emb: Tensor,
+    w_down: Tensor | None,
+    b_down: Tensor | None,
+    w_up: Tensor | None,
+    b_up: Tensor | None,
+    mode: str = "gate",
+    activation: str = "relu",
+) -> Tensor:
+    """The bottleneck fusion alone, on code embeddings already looked up: `emb (B, M, e)`
+    (e.g. pooled by a TorchRec EmbeddingBagCollection) -> `(B, M, e)`."""
     if mode == "none":
         return emb
-    b, _, e = emb.shape
+    b, m, e = emb.shape
     a = _act(emb.reshape(b, m * e) @ w_down + b_down, activation)
     u = (a @ w_up + b_up).view(b, m, e)
     return emb * torch.sigmoid(u) if mode == "gate" else emb + u
