@@ -282,6 +282,8 @@ def run_phase(args: argparse.Namespace, name: str, *extra: str, torchrun: int = 
 
 
 def table(res: dict) -> str:
+    if not all(k in res for k in ("index", "index_ram", "ctr", "ctr_ram", "ctr_ddp")):
+        return "\n".join(catalogue_rows(res))  # a partial run (--only)
     i, im, c, cm, d = (res[k] for k in ("index", "index_ram", "ctr", "ctr_ram", "ctr_ddp"))
     return "\n".join([
         f"`python benches/bench_scale.py {res['argv']}` — {res['cpu']}, {res['threads']} "

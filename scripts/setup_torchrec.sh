@@ -14,7 +14,7 @@ VENV=.venv-torchrec
 "$VENV/bin/pip" install -q "torch==2.13.*" "fbgemm-gpu-cpu==1.8.0" numpy safetensors tqdm \
     pyyaml pytest hypothesis pyarrow "maturin>=1.7,<2"
 "$VENV/bin/pip" install -q --no-deps "torchrec==1.8.0"
-"$VENV/bin/pip" install -q pyre-extensions tensordict torchmetrics
+"$VENV/bin/pip" install -q pyre-extensions tensordict "torchmetrics==1.0.3"
 "$VENV/bin/pip" uninstall -q -y fbgemm-gpu 2>/dev/null || true  # never the CUDA build
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import torch, fbgemm_gpu, torchrec; print('torch', torch.__version__, 'torchrec', torchrec.__version__)"

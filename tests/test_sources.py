@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from moc_fast.index import KMeansIndexer, MoCIndexer, RQKMeansIndexer, RQVAEIndexer
 from moc_fast.index.sources import (
@@ -289,3 +290,32 @@ def test_out_of_core_fit_and_encode_do_not_keep_the_file_resident(tmp_path, how)
         (tmp_path / f"x{n}.npy").unlink()
     grown = peaks[200_000] - peaks[50_000]
     assert grown < 0.25 * 150_000 * 384 * 4, f"peak RSS grew {grown / 1e6:.0f} MB: {peaks}"
+
+
+@pytest.mark.parametrize("kind", ["array", "iterable"])
+def test_an_interrupted_indexer_fit_resumes_from_its_checkpoint_exactly(data, tmp_path, kind):
+    # Gathered (array) and streamed (iterable) shuffles, k-means init, dead-code restarts and
+    # Adam all continue from the file: 1 epoch, "killed", then 3 == 3 uninterrupted epochs.
+    x, _ = data
+    X = x if kind == "array" else [x[s : s + 100] for s in range(0, len(x), 100)]
+    make = lambda: MoCIndexer(2, 16, latent_dim=8, hidden=(32,), restart_after=2, seed=0)  # noqa: E731
+    kw = dict(batch_size=64, progress=False, device="cpu")
+    whole = make().fit(X, epochs=3, checkpoint=tmp_path / "a.ckpt", **kw)
+    make().fit(X, epochs=1, checkpoint=tmp_path / "b.ckpt", **kw)  # the run that was cut
+    resumed = make().fit(X, epochs=3, checkpoint=tmp_path / "b.ckpt", **kw)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert resumed.summary["items"] == whole.summary["items"] == len(x)
+    assert resumed.summary["final_recon_mse"] == whole.summary["final_recon_mse"]
+    assert np.array_equal(resumed.encode(x), whole.encode(x))
+
+
+def test_take_reads_any_rows_of_a_file_including_none(data):
+    x, tmp = data
+    src = as_source(str(tmp / "x.npy"))
+    assert src.file is not None  # read with pread, not through the mapping
+    for idx in ([], [5], [1002, 0, 7, 8, 9, 3], list(range(1003))[::-1]):
+        rows = np.array(idx, dtype=np.int64)
+        assert np.array_equal(src.take(rows), x[rows].reshape(len(rows), x.shape[1]))
+    view = np.load(tmp / "x.npy", mmap_mode="r")[100:200]  # a row slice of a memory map
+    assert np.array_equal(as_source(view).take(np.array([0, 99])), x[[100, 199]])

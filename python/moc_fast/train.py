@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moc_fast.fileio import atomic_writer
+from moc_fast.checkpoint import agree
+from moc_fast.checkpoint import load as load_checkpoint
+from moc_fast.checkpoint import save as save_checkpoint
 from moc_fast.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -201,65 +203,18 @@ def _val_predictions(model: nn.Module, val: CTRData | Batches, dev: torch.device
 CHECKPOINT_VERSION = 2
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save straight into the atomic temporary file: one copy of the state in memory."""
-    with atomic_writer(path) as f:
-        torch.save(state, f)
-
-
 def _rng_states(dev: torch.device) -> list[dict[str, Any]]:
     """Every rank's RNG states (CPU, and CUDA on a GPU), gathered in rank order."""
-    mine = {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}  # fmt: skip
-    _, world = _distributed()
-    if world == 1:
-        return [mine]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * world
-    dist.all_gather_object(states, mine)
-    return states
-
-
-def _agree(value: Any) -> list[Any]:
-    """`value` of every rank, in rank order (one collective; just [value] in one process)."""
-    _, world = _distributed()
-    if world == 1:
-        return [value]
-    import torch.distributed as dist
-
-    values: list[Any] = [None] * world
-    dist.all_gather_object(values, value)
-    return values
+    cuda = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+    return agree({"cpu": torch.get_rng_state(), "cuda": cuda})
 
 
 def _load_checkpoint(path: Path | None, dev: torch.device) -> dict[str, Any] | None:
-    """The checkpoint to resume from, the same on every rank, or None. Every rank must see the
-    same file: one present on some ranks only (node-local storage) is an error on all of them,
-    as resuming on some ranks while the others start afresh would silently diverge."""
-    rank, world = _distributed()
-    seen = _agree((path is not None, path is not None and path.exists()))
-    if len({given for given, _ in seen}) > 1:
-        raise ValueError("checkpoint must be given on every rank or on none (saving it is a "
-                         "collective: every rank's RNG state goes into the file)")  # fmt: skip
-    present = [exists for _, exists in seen]
-    if not any(present):
+    """`moc_fast.checkpoint.load`, then this rank's own RNG states restored from it."""
+    state = load_checkpoint(path)
+    if state is None:
         return None
-    if not all(present):
-        missing = [r for r, p in enumerate(present) if not p]
-        raise ValueError(
-            f"checkpoint {path} exists on ranks {[r for r, p in enumerate(present) if p]} but "
-            f"not on ranks {missing}: every rank must read the same checkpoint (shared "
-            "storage), or none may have one"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved_world = state.get("world", 1)
-    where = [(state["epoch"], state.get("step", 0))]
-    if saved_world != world:
-        raise ValueError(f"checkpoint {path} was written by {saved_world} ranks, this run has "
-                         f"{world}: resume with the same number of ranks")  # fmt: skip
-    if len(set(_agree(where[0]))) != 1:
-        raise ValueError(f"checkpoint {path} differs between ranks: {_agree(where[0])}")
+    rank, _ = _distributed()
     rng = state["rng"][rank] if "rng" in state else {"cpu": state["torch_rng"], "cuda": None}
     torch.set_rng_state(rng["cpu"])
     if rng.get("cuda") is not None and dev.type == "cuda":
@@ -377,7 +332,7 @@ def fit_ctr(
                 return
             rng = _rng_states(dev)  # a collective: every rank takes part, rank 0 writes
             if rank == 0:
-                _save_checkpoint(ckpt, {
+                save_checkpoint(ckpt, {
                     "version": CHECKPOINT_VERSION, "world": world, "epoch": epoch_done,
                     "step": step, "partial": part, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "generator": epoch_gen, "rng": rng,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from moc_fast import engine
+from moc_fast.checkpoint import load as load_checkpoint
+from moc_fast.checkpoint import save as save_checkpoint
 from moc_fast.index.quantizer import VectorQuantizer, data_parallel
 from moc_fast.index.sources import EmbeddingSource, as_source
 from moc_fast.progress import Progress
@@ -209,6 +214,7 @@ class VQIndexer(nn.Module, Indexer):
         device: str | torch.device | None = None,
         progress: bool = True,
         desc: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
     ) -> VQIndexer:
         """Train on item embeddings `X (N, D)`: reconstruction MSE + quantiser losses, Adam.
         `desc` labels the progress (one step per epoch).
@@ -218,32 +224,73 @@ class VQIndexer(nn.Module, Indexer):
         permutation, rows gathered per batch), so a memory map trains the same model as the
         array in RAM; parquet and iterables stream through a seeded shuffle buffer
         (`SHUFFLE_BYTES`). Memory is bounded by the batch and that buffer, not by N.
+
+        `checkpoint`: a file written (atomically, by rank 0) after every epoch with the model,
+        the optimizer and every generator the training draws from; when it exists at the
+        start, training resumes after its epoch and ends with the same model as the
+        uninterrupted run. Under torch.distributed every rank must see it (else a ValueError
+        on all of them).
         """
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
         dev = resolve_device(device)
         rank, world = data_parallel()
-        epoch_batches = self._epoch_batches(X, batch_size, dev, rank, world)
-        batches = epoch_batches()
-        first = next(batches, None)
-        if first is None:
-            raise ValueError("X holds no items: nothing to train on")
-        if not self._built:
-            self.build(first[0].shape[1])
+        gen = torch.Generator().manual_seed(self.seed)  # the epochs' permutations
+        rng = np.random.default_rng(self.seed)  # the streamed sources' shuffle buffer
+        epoch_batches = self._epoch_batches(X, batch_size, dev, rank, world, gen, rng)
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        state = load_checkpoint(ckpt)
+        first, start_epoch, n = None, 0, 0
+        if state is not None:
+            if self._built and self.input_dim != state["input_dim"]:
+                raise ValueError(f"checkpoint {ckpt} is for D = {state['input_dim']}, this "
+                                 f"indexer was built for D = {self.input_dim}")  # fmt: skip
+            if not self._built:
+                self.build(state["input_dim"])
+            start_epoch, n = state["epoch"], state["items"]
+        else:
+            batches = epoch_batches()
+            first = next(batches, None)
+            if first is None:
+                raise ValueError("X holds no items: nothing to train on")
+            if not self._built:
+                self.build(first[0].shape[1])
         self.to(dev).train()
         opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
         quantizers = [m for m in self.modules() if isinstance(m, VectorQuantizer)]
+        recon_loss = qloss = ppl = torch.zeros(())
+        if state is not None:
+            self.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            for q, g in zip(quantizers, state["restart_generators"], strict=True):
+                q._restart_gen.set_state(g)
+            recon_loss, qloss, ppl = (torch.tensor(v) for v in state["last"])
+            log.info("resuming %s after epoch %d", ckpt, start_epoch)
+            del state
         for q in quantizers:
             q.data_parallel = world > 1
         bar = Progress(epochs, desc or f"{type(self).__name__} epochs", progress and rank == 0)
+        if start_epoch:
+            bar.update(start_epoch)
         start = time.perf_counter()
-        recon_loss = qloss = ppl = torch.zeros(())
-        n = 0
-        for epoch in range(epochs):
-            for xb, rows in itertools.chain([first], batches) if epoch == 0 else epoch_batches():
+        for epoch in range(start_epoch, epochs):
+            todo = epoch_batches() if first is None else itertools.chain([first], batches)
+            first = None
+            for xb, rows in todo:
                 n += rows if epoch == 0 else 0
                 recon_loss, qloss, ppl = self._step(opt, xb, rows, world)
             bar.update(1, recon=f"{recon_loss.item():.4g}", ppl=f"{ppl.item():.1f}")
+            if ckpt is not None and rank == 0:
+                save_checkpoint(ckpt, {
+                    "version": 1, "world": world, "epoch": epoch + 1, "items": n,
+                    "input_dim": self.input_dim, "model": self.state_dict(),
+                    "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                    "numpy_rng": json.dumps(rng.bit_generator.state),
+                    "restart_generators": [q._restart_gen.get_state() for q in quantizers],
+                    "last": [float(recon_loss), float(qloss), float(ppl)],
+                })  # fmt: skip
         bar.close()
         for q in quantizers:
             q.data_parallel = False
@@ -310,7 +357,14 @@ class VQIndexer(nn.Module, Indexer):
         return True
 
     def _epoch_batches(
-        self, X: Any, batch_size: int, dev: torch.device, rank: int = 0, world: int = 1
+        self,
+        X: Any,
+        batch_size: int,
+        dev: torch.device,
+        rank: int,
+        world: int,
+        gen: torch.Generator,
+        rng: np.random.Generator,
     ) -> Callable[[], Iterator[tuple[Tensor, int]]]:
         """A function giving one epoch's shuffled batches as `(this rank's share on dev, rows
         in the global batch)`. Every rank draws the same permutation; rank r's share is rows
@@ -319,7 +373,6 @@ class VQIndexer(nn.Module, Indexer):
         each keeping its share."""
         source = as_source(X)
         dim = self.input_dim if self._built else None
-        gen = torch.Generator().manual_seed(self.seed)
         mem = source.in_memory()
         if mem is not None and world == 1:  # already in RAM, one process: keep it on the device
             data = torch.from_numpy(as_embeddings(mem, dim)).to(dev)
@@ -339,7 +392,6 @@ class VQIndexer(nn.Module, Indexer):
                     yield torch.from_numpy(share).to(dev), len(idx)
 
             return gathered
-        rng = np.random.default_rng(self.seed)
 
         def streamed() -> Iterator[tuple[Tensor, int]]:
             for xb in shuffled_batches(source, batch_size, rng):

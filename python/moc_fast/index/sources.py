@@ -122,6 +122,8 @@ class ArraySource(EmbeddingSource):
             self._release()
             return out
         out = np.empty((len(rows), self.dim), dtype=self.arr.dtype)
+        if not len(rows):  # an empty share (a rank's part of a last, short batch)
+            return out
         view = memoryview(out.reshape(-1).view(np.uint8))
         row_bytes = self.dim * self.arr.dtype.itemsize
         fd, (_, base) = self._open(), self.file
