@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from moc_fast.checkpoint import agree
 from moc_fast.checkpoint import load as load_checkpoint
+from moc_fast.checkpoint import rank_world as _distributed
 from moc_fast.checkpoint import save as save_checkpoint
 from moc_fast.progress import Progress
 
@@ -150,15 +151,6 @@ def early_stop(val_curve: list[float], patience: int, min_epochs: int = 0) -> tu
 
 def _stops(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
     return epoch >= min_epochs and epoch - best_epoch >= patience
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under an initialised torch.distributed group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 Batches = Iterable[dict[str, Tensor]]  # a DataLoader of {"x", "y", ["codes"], ["dense"]}

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from moc_fast._extras import require
+from moc_fast.checkpoint import rank_world
 from moc_fast.fileio import atomic_write_bytes
 
 SHARDS_VERSION = 1
@@ -100,14 +101,6 @@ def _read_group(path: Path, group: int):
         raise ValueError(f"{path} (row group {group}) is corrupt or unreadable: {exc}") from exc
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class ParquetCTRDataset(torch.utils.data.IterableDataset):
     """Batches `{"x", "y", ["codes"], ["dense"]}` of `batch_size` rows (per rank) from shards
     written by `write_ctr_shards`. Call `set_epoch(e)` before each epoch (`fit_ctr` does) for a
@@ -162,7 +155,7 @@ class ParquetCTRDataset(torch.utils.data.IterableDataset):
         return state
 
     def _rank_and_world(self) -> tuple[int, int]:
-        rank, world = _rank_world()
+        rank, world = rank_world()
         rank = self.rank if self.rank is not None else rank
         world = self.world_size if self.world_size is not None else world
         if world == 1 and self.world_size is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -10,17 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moc_fast import engine
+from moc_fast.checkpoint import rank_world
 
 METRICS = ("l2", "cosine")
 
 
-def data_parallel() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+data_parallel = rank_world  # (rank, world size) of an initialised group, else (0, 1)
 
 
 def gather_rows(local: Tensor) -> Tensor:
