@@ -51,28 +51,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-class ChildPeak:
-    """The largest VmHWM among this process's children (DataLoader workers), sampled every
-    second from /proc while training runs; workers are separate processes, so their memory
-    is not in the parent's VmHWM."""
+class ProcessPeak:
+    """The largest VmHWM among other processes, sampled every second from /proc while a phase
+    runs: this process's children (DataLoader workers; `marker=None`), or every process whose
+    command line contains `marker` (Ray's workers). They are separate processes, so their
+    memory is not in this one's VmHWM."""
 
-    def __init__(self) -> None:
+    def __init__(self, marker: str | None = None) -> None:
         import threading
 
-        self.peak_mb, self._stop = 0.0, threading.Event()
+        self.marker, self.peak_mb, self._stop = marker, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _pids(self) -> list[Path]:
+        if self.marker is None:
+            me = os.getpid()
+            kids = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+            return [Path(f"/proc/{pid}") for pid in kids]
+        return [p for p in Path("/proc").glob("[0-9]*")
+                if self.marker in (p / "cmdline").read_text()]  # fmt: skip
+
     def _run(self) -> None:
-        me = os.getpid()
         while not self._stop.wait(1.0):
             try:
-                kids = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+                procs = self._pids()
             except OSError:
                 continue
-            for pid in kids:
+            for proc in procs:
                 try:
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    for line in (proc / "status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
                             self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
                 except OSError:
@@ -181,7 +189,7 @@ def phase_ctr(args: argparse.Namespace) -> dict:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
-    workers = ChildPeak()
+    workers = ProcessPeak()
     t = time.perf_counter()
     fit_ctr(model(), train, val, epochs=1, batch_size=args.batch_size, device="cpu",
             progress=False)  # fmt: skip
@@ -200,35 +208,6 @@ def clustered(start: int, n: int, d: int = 384) -> np.ndarray:
     return centres[rng.integers(0, 1024, n)] + 0.5 * rng.standard_normal((n, d), np.float32)
 
 
-class ProcessPeak:
-    """The largest VmHWM among processes whose command line contains `marker` (Ray's
-    workers), sampled every second."""
-
-    def __init__(self, marker: str = "ray::") -> None:
-        import threading
-
-        self.marker, self.peak_mb, self._stop = marker, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            for proc in Path("/proc").glob("[0-9]*"):
-                try:
-                    if self.marker not in (proc / "cmdline").read_text():
-                        continue
-                    for line in (proc / "status").read_text().splitlines():
-                        if line.startswith("VmHWM:"):
-                            self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
-                except OSError:
-                    pass
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_mb
-
-
 def phase_catalogue(args: argparse.Namespace) -> dict:
     import ray
 
@@ -243,7 +222,7 @@ def phase_catalogue(args: argparse.Namespace) -> dict:
     ds = ray.data.range(n, override_num_blocks=max(1, n // 1_000_000)).map_batches(
         lambda b: {"embedding": clustered(int(b["id"][0]), len(b["id"]))}, batch_size=65_536
     )
-    workers = ProcessPeak()
+    workers = ProcessPeak("ray::")
     t = time.perf_counter()
     codes = encode_ray(ds, idx, batch_size=65_536, num_cpus=1)
     s = time.perf_counter() - t
