@@ -264,6 +264,8 @@ def table(res: dict) -> str:
     if not all(k in res for k in ("index", "index_ram", "ctr", "ctr_ram", "ctr_ddp")):
         return "\n".join(catalogue_rows(res))  # a partial run (--only)
     i, im, c, cm, d = (res[k] for k in ("index", "index_ram", "ctr", "ctr_ram", "ctr_ddp"))
+    worker = (f"{c['loader_worker_peak_rss_mb']:,.0f} MB" if "loader_worker_peak_rss_mb" in c
+              else "not measured in this run")  # fmt: skip
     return "\n".join([
         f"`python benches/bench_scale.py {res['argv']}` — {res['cpu']}, {res['threads']} "
         f"threads per process; each phase in its own process (peak RSS = its VmHWM).",
@@ -280,8 +282,7 @@ def table(res: dict) -> str:
         f"| DeepFM + MoC `fit_ctr`, 1 epoch, parquet streamed | {c['samples']:,} samples | "
         f"{c['samples_per_s']:,.0f} samples/s | {cm['samples_per_s']:,.0f} samples/s "
         f"({cm['samples']:,}) | {c['samples_per_s'] / cm['samples_per_s']:.2f} | "
-        f"{c['peak_rss_mb']:,.0f} MB + loader worker "
-        f"{c.get('loader_worker_peak_rss_mb', float('nan')):,.0f} MB "
+        f"{c['peak_rss_mb']:,.0f} MB + loader worker {worker} "
         f"(RAM: {cm['peak_rss_mb']:,.0f} MB) |",
         f"| the in-RAM epoch, `torchrun --nproc_per_node=2` (gloo, 1 thread each) | "
         f"{d['samples']:,} samples | {d['samples_per_s_per_process']:,.0f} samples/s per "
@@ -349,11 +350,9 @@ def main() -> None:
         make_shards(args.work / "shards", args.samples)
     print(f"data ready in {time.perf_counter() - t:.0f} s", flush=True)
     res = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
-    argv = " ".join(a for a in sys.argv[1:] if a != "--resume")
+    argv = " ".join(a for a in sys.argv[1:] if a not in ("--resume", "--results"))
     if only is None:
         res.update(argv=argv, threads=args.threads, cpu=platform.processor() or platform.machine())
-    else:  # the other phases' command line stays; these phases note their own
-        res.update({f"{key}_argv": argv for key in only})
     one_thread = argparse.Namespace(**{**vars(args), "threads": 1})
     phases = {
         "index": lambda: run_phase(args, "index"),
@@ -366,6 +365,8 @@ def main() -> None:
     for key, run in phases.items():
         if key not in res and (only is None or key in only):
             res[key] = run()
+            if only is not None:  # the other phases' command line stays; this one notes its own
+                res[f"{key}_argv"] = argv
             args.out.write_text(json.dumps(res, indent=2))  # resumable after each phase
     print(table(res))
     if args.results:

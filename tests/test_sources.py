@@ -319,3 +319,7 @@ def test_take_reads_any_rows_of_a_file_including_none(data):
         assert np.array_equal(src.take(rows), x[rows].reshape(len(rows), x.shape[1]))
     view = np.load(tmp / "x.npy", mmap_mode="r")[100:200]  # a row slice of a memory map
     assert np.array_equal(as_source(view).take(np.array([0, 99])), x[[100, 199]])
+    private = np.load(tmp / "x.npy", mmap_mode="c")  # copy-on-write: changes not in the file
+    private[3] = 7.0
+    src = as_source(private)
+    assert src.file is None and np.array_equal(src.take(np.array([3])), private[[3]])

@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = True
         return code
     except Exception as exc:  # one line per failure; -v adds the traceback
-        log.debug("moc-fast %s failed", args.command, exc_info=True)
+        log.info("moc-fast %s failed", args.command, exc_info=True)
         print(f"moc-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     finally:

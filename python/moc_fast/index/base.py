@@ -237,7 +237,6 @@ class VQIndexer(nn.Module, Indexer):
         rank, world = data_parallel()
         gen = torch.Generator().manual_seed(self.seed)  # the epochs' permutations
         rng = np.random.default_rng(self.seed)  # the streamed sources' shuffle buffer
-        epoch_batches = self._epoch_batches(X, batch_size, dev, rank, world, gen, rng)
         ckpt = Path(checkpoint) if checkpoint is not None else None
         state = load_checkpoint(ckpt)
         first, start_epoch, n = None, 0, 0
@@ -248,7 +247,8 @@ class VQIndexer(nn.Module, Indexer):
             if not self._built:
                 self.build(state["input_dim"])
             start_epoch, n = state["epoch"], state["items"]
-        else:
+        epoch_batches = self._epoch_batches(X, batch_size, dev, rank, world, gen, rng)
+        if state is None:
             batches = epoch_batches()
             first = next(batches, None)
             if first is None:

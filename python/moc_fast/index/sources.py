@@ -172,14 +172,17 @@ def _mapping(arr: np.ndarray) -> mmap.mmap | None:
 
 
 def _file_rows(arr: np.ndarray) -> tuple[str, int] | None:
-    """(file, byte offset of row 0) when `arr` is C-contiguous rows of a `np.memmap` (or a
-    row slice of one) in native byte order, else None."""
+    """(file, byte offset of row 0) when `arr` is C-contiguous rows of a shared `np.memmap`
+    (or a row slice of one) in native byte order, else None. A copy-on-write map (mode "c")
+    may hold changes the file does not, so it is read through its mapping."""
     if not hasattr(os, "preadv") or not arr.flags.c_contiguous or not arr.dtype.isnative:
         return None
     root: Any = arr
     while isinstance(getattr(root, "base", None), np.memmap):
         root = root.base
     if not isinstance(root, np.memmap) or not getattr(root, "filename", None):
+        return None
+    if getattr(root, "mode", None) not in ("r", "r+", "w+"):
         return None
     return str(root.filename), int(root.offset) + (arr.ctypes.data - root.ctypes.data)
 
