@@ -154,8 +154,9 @@ class ArraySource(EmbeddingSource):
         """Unmap the pages just read from a memory map that pread cannot serve (they stay in
         the page cache): without this every page ever read counts as resident memory."""
         m = _mapping(self.arr)
-        if m is not None and hasattr(m, "madvise"):
-            m.madvise(mmap.MADV_DONTNEED)
+        if m is None or not hasattr(m, "madvise") or _memmap_mode(self.arr) == "c":
+            return  # on a copy-on-write map, MADV_DONTNEED would discard the user's changes
+        m.madvise(mmap.MADV_DONTNEED)
 
 
 def _mapping(arr: np.ndarray) -> mmap.mmap | None:
@@ -171,18 +172,27 @@ def _mapping(arr: np.ndarray) -> mmap.mmap | None:
     return None
 
 
+def _root_memmap(arr: np.ndarray) -> np.memmap | None:
+    """The `np.memmap` that `arr` is (a view of), else None."""
+    root: Any = arr
+    while isinstance(getattr(root, "base", None), np.memmap):
+        root = root.base
+    return root if isinstance(root, np.memmap) else None
+
+
+def _memmap_mode(arr: np.ndarray) -> str | None:
+    root = _root_memmap(arr)
+    return getattr(root, "mode", None) if root is not None else None
+
+
 def _file_rows(arr: np.ndarray) -> tuple[str, int] | None:
     """(file, byte offset of row 0) when `arr` is C-contiguous rows of a shared `np.memmap`
     (or a row slice of one) in native byte order, else None. A copy-on-write map (mode "c")
     may hold changes the file does not, so it is read through its mapping."""
     if not hasattr(os, "preadv") or not arr.flags.c_contiguous or not arr.dtype.isnative:
         return None
-    root: Any = arr
-    while isinstance(getattr(root, "base", None), np.memmap):
-        root = root.base
-    if not isinstance(root, np.memmap) or not getattr(root, "filename", None):
-        return None
-    if getattr(root, "mode", None) not in ("r", "r+", "w+"):
+    root = _root_memmap(arr)
+    if root is None or not getattr(root, "filename", None) or root.mode not in ("r", "r+", "w+"):
         return None
     return str(root.filename), int(root.offset) + (arr.ctypes.data - root.ctypes.data)
 
