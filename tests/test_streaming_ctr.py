@@ -155,14 +155,8 @@ def test_spawned_loader_workers_read_only_their_ranks_rows(tmp_path):
     d = ctr_data(0, n=3001)
     data = CTRData(d.x, d.y, d.codes, torch.arange(len(d)).float()[:, None])
     write_ctr_shards(data, tmp_path / "r.shards", row_group=250)
-    torchrun_raw = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path / "r"),
-         "spawn-rows"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)},
-    )  # fmt: skip
-    assert torchrun_raw.returncode == 0, torchrun_raw.stderr[-3000:]
+    run = torchrun_raw(str(tmp_path / "r"), "spawn-rows")
+    assert run.returncode == 0, run.stderr[-3000:]
     rows = [np.load(tmp_path / f"r.rank{r}.npy") for r in (0, 1)]
     for r in (0, 1):  # len() is what the loader yields
         promised, got = map(int, (tmp_path / f"r.rank{r}.len").read_text().split())

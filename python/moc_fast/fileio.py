@@ -3,7 +3,6 @@ target) and the on-disk cache folder."""
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -54,12 +53,11 @@ def _umask() -> int:
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
+    """np.save straight into the atomic temporary file (no second copy in memory)."""
+    with atomic_writer(path) as f:
+        np.save(f, array)
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_writer(path) as f:
+        np.savez(f, **arrays)

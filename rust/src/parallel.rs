@@ -78,6 +78,6 @@ pub fn run<R: Send>(num_threads: usize, f: impl FnOnce() -> R + Send) -> Result<
             "num_threads must be at most {MAX_THREADS}, got {num_threads}"
         )));
     }
-    let n = if num_threads == 0 { default_threads() } else { num_threads.min(MAX_THREADS) };
+    let n = if num_threads == 0 { default_threads() } else { num_threads };
     Ok(pool(n)?.install(f))
 }

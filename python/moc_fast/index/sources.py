@@ -216,8 +216,9 @@ class ParquetSource(EmbeddingSource):
         self.num_rows = 0
         for f in self.files:
             try:
-                schema = pq.read_schema(f)
-                self.num_rows += pq.ParquetFile(f).metadata.num_rows
+                meta = pq.ParquetFile(f).metadata  # one open: schema and row count
+                schema = meta.schema.to_arrow_schema()
+                self.num_rows += meta.num_rows
             except (OSError, pa.ArrowException) as exc:
                 raise ValueError(f"{f} is not a readable parquet file: {exc}") from exc
             if column not in schema.names:
