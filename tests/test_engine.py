@@ -523,8 +523,6 @@ for i, metric in enumerate(json.loads(sys.argv[1])):
 print(json.dumps(mf.available_kernels()))
 """
 
-GEMM_MIN_D = 1024  # rust/src/gemm.rs: the avx512 path's GEMM takes over from here
-
 # Awkward shapes: 1 row, rows and codes off every block size, packed and in-place rows, a d
 # split into several k-blocks, large K; half the codewords are near-twins of the others.
 PROBE_SHAPES = [(1, 5, 2, "l2"), (203, 33, 98, "l2"), (157, 32, 1030, "ip"), (50, 384, 256, "l2"),
@@ -543,8 +541,8 @@ def _probe(kernel: str, folder) -> list[str]:
 
 def test_every_kernel_this_cpu_runs_keeps_the_tie_contract(tmp_path):
     """Each kernel, forced by MOC_FAST_KERNEL in its own process, picks codes that are the
-    float64 reference's or tied with them within TIE_RTOL; below d = GEMM_MIN_D the SIMD
-    kernels (one FMA per term in one order) agree with each other bit for bit."""
+    float64 reference's or tied with them within TIE_RTOL; the SIMD kernels (one FMA per term
+    in one order) agree with each other bit for bit at every d."""
     kernels = mf.available_kernels()
     assert kernels[-1] == "portable" and mf.kernel_name() in kernels
     data = []
@@ -564,10 +562,9 @@ def test_every_kernel_this_cpu_runs_keeps_the_tie_contract(tmp_path):
         got = {kernel: np.load(tmp_path / f"{kernel}{i}.npy") for kernel in kernels}
         for kernel, codes in got.items():
             assert mf.within_tie(x, c, codes, want, metric).all(), (kernel, PROBE_SHAPES[i])
-        if x.shape[1] < GEMM_MIN_D:  # at and above it avx512 sums in its GEMM's order
-            simd = [codes for kernel, codes in got.items() if kernel != "portable"]
-            for other in simd[1:]:
-                np.testing.assert_array_equal(other, simd[0])
+        simd = [codes for kernel, codes in got.items() if kernel != "portable"]
+        for other in simd[1:]:
+            np.testing.assert_array_equal(other, simd[0])
 
 
 def test_forcing_a_kernel_this_cpu_cannot_run_is_a_clear_error(tmp_path):

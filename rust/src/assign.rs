@@ -6,17 +6,19 @@
 //! scratch tile and the last k-block's kernel folds `bias - alpha·dot` straight into 16-lane
 //! running minima (no tile at all when d ≤ KC). Rows of x are packed k-major for d ≤ 32
 //! (measured: packing wins only at the smallest d), read in place below d = 1024 and copied
-//! at a fixed stride from there; on the avx512 path a GEMM takes over from d = 1024
-//! ([`crate::gemm`]). For L2, `bias = ‖c‖²` and `alpha = 2`
+//! at a fixed stride from there, with the next k-block's chunks prefetched (a row apart, too
+//! far for the hardware prefetcher). x is read from memory once: each row is checked for NaN
+//! and inf, and its ‖x‖² summed, as it comes into cache for the kernels, not in passes of its
+//! own (three passes over x cost a third of the time at K = 256). For L2, `bias = ‖c‖²` and `alpha = 2`
 //! (‖x‖² is constant per row and only added back to report the distance); for inner product,
 //! `bias = 0` and `alpha = 1`. Padding codewords carry `bias = +inf` and never win.
 //!
 //! Every row's result depends only on that row and the codebook (fixed summation order, ties to
 //! the lowest index), so it does not change with the thread count or the block a row falls in.
 
-use crate::error::{check_finite, Error, Result};
+use crate::error::{check_finite, not_finite, Error, Result};
 use crate::kernel::{self, Epilogue, Isa, ReduceFn, TileArgminFn, TileFn, KC, LANES, MR, NR, PACKED, PANEL, ROWS};
-use crate::{gemm, parallel};
+use crate::parallel;
 use rayon::prelude::*;
 
 /// Most rows per block (a multiple of MR): the unit of parallel work.
@@ -104,10 +106,11 @@ pub(crate) fn codeword_bias(codebook: &[f32], k: usize, d: usize, metric: Metric
         .collect()
 }
 
-/// Per-thread scratch: a padded copy of a partial row panel, a tile of inner products and the
-/// running argmin lanes.
+/// Per-thread scratch: a padded copy of a partial row panel, a tile of inner products, the
+/// running argmin lanes and the rows' squared norms.
 pub(crate) struct Scratch {
     apack: Vec<f32>,
+    norms: Vec<RowNorm>,
     dot: Vec<f32>,
     best_v: Vec<f32>,
     best_i: Vec<i32>,
@@ -117,6 +120,7 @@ impl Scratch {
     pub fn new() -> Self {
         Scratch {
             apack: vec![0.0; MB * KC],
+            norms: vec![RowNorm::default(); MB],
             dot: vec![0.0; MB * LDC],
             best_v: vec![0.0; MB * LANES],
             best_i: vec![0; MB * LANES],
@@ -132,15 +136,50 @@ impl Default for Scratch {
 
 /// Σ v², summed in 16 fixed lanes so that it vectorises and is reproducible.
 pub fn sum_squares(v: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = v.chunks_exact(16);
-    let tail = chunks.remainder();
-    for ch in chunks {
-        for (l, &x) in lanes.iter_mut().zip(ch) {
-            *l += x * x;
+    let mut norm = RowNorm::default();
+    norm.add(v, 0, v.len());
+    norm.value()
+}
+
+/// [`sum_squares`] of one row of `d` floats, taken a chunk at a time in any split: element `j`
+/// goes to lane `j % 16` while `j < d - d % 16`, the rest to a sequential tail, so every split
+/// gives the same bits as one call over the whole row.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RowNorm {
+    lanes: [f32; 16],
+    tail: f32,
+}
+
+impl RowNorm {
+    /// Add `chunk`, the row's elements `start..start + chunk.len()` of a row of `d`.
+    pub fn add(&mut self, chunk: &[f32], start: usize, d: usize) {
+        let d16 = d - d % 16;
+        let split = d16.clamp(start, start + chunk.len()) - start;
+        let (main, tail) = chunk.split_at(split);
+        if start.is_multiple_of(16) && main.len().is_multiple_of(16) {
+            for ch in main.chunks_exact(16) {
+                for (l, &x) in self.lanes.iter_mut().zip(ch) {
+                    *l += x * x;
+                }
+            }
+        } else {
+            for (j, &x) in main.iter().enumerate() {
+                self.lanes[(start + j) % 16] += x * x;
+            }
+        }
+        for &x in tail {
+            self.tail += x * x;
         }
     }
-    lanes.iter().sum::<f32>() + tail.iter().map(|x| x * x).sum::<f32>()
+
+    pub fn value(&self) -> f32 {
+        self.lanes.iter().sum::<f32>() + self.tail
+    }
+}
+
+/// Whether every element is finite, without an early exit per element (so it vectorises).
+pub(crate) fn all_finite(v: &[f32]) -> bool {
+    v.chunks(64).all(|ch| ch.iter().fold(true, |ok, x| ok & x.is_finite()))
 }
 
 /// The kernels one call uses, picked once: for packed panels and for rows read in place.
@@ -165,6 +204,9 @@ impl KernelSet {
 /// Nearest codeword for `rows` rows (at most MB) of `x`, row stride `lda`, first row at `x[0]`.
 ///
 /// Writes the code and the score: the squared distance for L2, the inner product for IP.
+/// Returns the first of the rows that holds NaN or ±inf, if any (their outputs are garbage):
+/// each row is checked, and its ‖x‖² summed, while it is in cache for the kernels (as it is
+/// copied, at large d), so x is read from memory once rather than in three passes.
 /// Crate-private: its callers guarantee the slice sizes the unsafe kernels read, and the
 /// asserts below (checked in release builds too, once per block) hold them to it.
 #[allow(clippy::too_many_arguments)]
@@ -177,7 +219,7 @@ pub(crate) fn assign_rows(
     s: &mut Scratch,
     codes: &mut [i64],
     score: &mut [f32],
-) {
+) -> Option<usize> {
     let d = cb.d;
     assert!(rows <= MB && codes.len() >= rows && score.len() >= rows, "assign_rows: output too short");
     assert!(lda >= d && (rows == 0 || x.len() >= (rows - 1) * lda + d), "assign_rows: x too short");
@@ -185,8 +227,28 @@ pub(crate) fn assign_rows(
     let panels_m = rows.div_ceil(MR);
     s.best_v[..panels_m * MR * LANES].fill(f32::INFINITY);
     s.best_i[..panels_m * MR * LANES].fill(0);
-    // Split d into equal k-blocks of at most KC (384 -> 2 x 192, not 256 + 128).
+    // Split d into equal k-blocks of at most KC (384 -> 2 x 192, not 256 + 128), in whole
+    // multiples of 16 where rows are copied, so each copied chunk adds to the norm's lanes in
+    // whole vectors.
     let kstep = d.div_ceil(d.div_ceil(KC));
+    let copied = !packed && d >= COPY_MIN_D;
+    let kstep = if copied { kstep.next_multiple_of(16) } else { kstep };
+    let l2 = cb.metric == Metric::L2;
+    let mut bad = None;
+    s.norms[..rows].fill(RowNorm::default());
+    if !copied {
+        // Rows not copied chunk by chunk: check (and measure) each whole row now, which also
+        // brings it into cache for the kernels.
+        for r in 0..rows {
+            let row = &x[r * lda..r * lda + d];
+            if bad.is_none() && !all_finite(row) {
+                bad = Some(r);
+            }
+            if l2 {
+                s.norms[r].add(row, 0, d);
+            }
+        }
+    }
     // Small d: pack every panel k-major. Middle d: read full panels of MR rows in place and copy
     // only a partial last panel, zero-padded, so no read passes the block. Large d: copy every
     // panel's rows (memcpy) at the fixed stride KC, whose kernels need no address arithmetic.
@@ -207,16 +269,35 @@ pub(crate) fn assign_rows(
                             panel[kk * MR + i] = if r < rows { x[r * lda + k0 + kk] } else { 0.0 };
                         }
                     } else if r < rows {
-                        panel[i * KC..i * KC + kc].copy_from_slice(&x[r * lda + k0..r * lda + k0 + kc]);
+                        let chunk = &mut panel[i * KC..i * KC + kc];
+                        chunk.copy_from_slice(&x[r * lda + k0..r * lda + k0 + kc]);
+                        if copied && c0 == 0 {
+                            if !all_finite(chunk) {
+                                bad = Some(bad.map_or(r, |b: usize| b.min(r)));
+                            }
+                            if l2 {
+                                s.norms[r].add(chunk, k0, d);
+                            }
+                        }
                     } else {
                         panel[i * KC..i * KC + kc].fill(0.0);
                     }
                 }
             }
+            let calls = nb / NR * panels_m;
+            let next = if copied && !last { kstep.min(d - k0 - kc) } else { 0 };
             for p in c0 / NR..(c0 + nb) / NR {
                 let b = &cb.panels[p * d * NR + k0 * NR..p * d * NR + (k0 + kc) * NR];
                 let epi = Epilogue { bias: cb.bias[p * NR..].as_ptr(), alpha: cb.alpha, base: (p * NR) as i32 };
                 for ip in 0..panels_m {
+                    if next > 0 {
+                        // Spread over this k-block's calls, fetch the rows' next chunks into L2:
+                        // at large d they lie a row apart, too far for the hardware prefetcher.
+                        let t = (p - c0 / NR) * panels_m + ip;
+                        for r in t * rows / calls..(t + 1) * rows / calls {
+                            kernel::prefetch_l2(&x[r * lda + k0 + kc..r * lda + k0 + kc + next]);
+                        }
+                    }
                     let (a, a_ld, (tile, tile_argmin, _)) = if ip < full {
                         (x[ip * MR * lda + k0..].as_ptr(), lda, inplace)
                     } else {
@@ -246,10 +327,11 @@ pub(crate) fn assign_rows(
         let (j, best) = unsafe { reduce(s.best_v[r * LANES..].as_ptr(), s.best_i[r * LANES..].as_ptr()) };
         codes[r] = j.min(cb.k - 1) as i64;
         score[r] = match cb.metric {
-            Metric::L2 => (sum_squares(&x[r * lda..r * lda + d]) + best).max(0.0),
+            Metric::L2 => (s.norms[r].value() + best).max(0.0),
             Metric::InnerProduct => -best,
         };
     }
+    bad
 }
 
 fn check_len(name: &str, got: usize, want: usize, shape: &str) -> Result<()> {
@@ -302,31 +384,20 @@ pub fn assign_using(
     let mut codes = vec![0i64; n];
     let mut score = vec![0f32; n];
     parallel::run(threads, || -> Result<()> {
-        check_finite("x", x, d)?;
         check_finite("codebook", codebook, d)?;
-        if gemm::uses_gemm(isa, d) {
-            let bias = codeword_bias(codebook, k, d, metric);
-            let rows = gemm::GEMM_ROWS;
-            codes.par_chunks_mut(rows).zip(score.par_chunks_mut(rows)).enumerate().for_each_init(
-                Vec::new,
-                |scratch, (b, (c, sc))| {
-                    let xb = &x[b * rows * d..];
-                    gemm::assign_block(xb, c.len(), d, codebook, &bias, metric, scratch, c, sc);
-                },
-            );
-            return Ok(());
-        }
         let cb = PackedCodebook::new(codebook, k, d, metric);
         let ks = KernelSet::of(isa);
         let mb = block_rows(d);
-        codes
+        let bad = codes
             .par_chunks_mut(mb)
             .zip(score.par_chunks_mut(mb))
             .enumerate()
-            .for_each_init(Scratch::new, |s, (b, (c, sc))| {
-                assign_rows(&x[b * mb * d..], c.len(), d, &cb, &ks, s, c, sc);
-            });
-        Ok(())
+            .map_init(Scratch::new, |s, (b, (c, sc))| {
+                assign_rows(&x[b * mb * d..], c.len(), d, &cb, &ks, s, c, sc).map(|r| b * mb + r)
+            })
+            .flatten()
+            .min();
+        not_finite("x", bad)
     })??;
     Ok((codes, score))
 }
@@ -354,7 +425,6 @@ pub fn assign_multi(
     check_len("x", x.len(), n * lda, if shared { "N*d" } else { "N*M*d" })?;
     let mut out = vec![0i64; n * m];
     parallel::run(threads, || -> Result<()> {
-        check_finite("x", x, lda)?;
         check_finite("codebooks", codebooks, d)?;
         let cbs: Vec<PackedCodebook> = codebooks
             .chunks_exact(k * d)
@@ -362,21 +432,24 @@ pub fn assign_multi(
             .collect();
         let ks = KernelSet::selected()?;
         let mb = block_rows(d);
-        out.par_chunks_mut(mb * m).enumerate().for_each_init(
+        let bad = out.par_chunks_mut(mb * m).enumerate().map_init(
             || (Scratch::new(), vec![0i64; MB], vec![0f32; MB]),
             |(s, codes, score), (b, block)| {
                 let rows = block.len() / m;
+                let mut bad: Option<usize> = None;
                 for (j, cb) in cbs.iter().enumerate() {
                     let offset = if shared { 0 } else { j * d };
                     let xb = &x[b * mb * lda + offset..];
-                    assign_rows(xb, rows, lda, cb, &ks, s, codes, score);
+                    let found = assign_rows(xb, rows, lda, cb, &ks, s, codes, score);
+                    bad = bad.into_iter().chain(found).min();
                     for r in 0..rows {
                         block[r * m + j] = codes[r];
                     }
                 }
+                bad.map(|r| b * mb + r)
             },
         );
-        Ok(())
+        not_finite("x", bad.flatten().min())
     })??;
     Ok(out)
 }
@@ -401,7 +474,6 @@ pub fn assign_residual(
     let mut out = vec![0i64; n * levels];
     let mut residual = x.to_vec();
     parallel::run(threads, || -> Result<()> {
-        check_finite("x", x, d)?;
         check_finite("codebooks", codebooks, d)?;
         let cbs: Vec<(&[f32], PackedCodebook)> = codebooks
             .chunks_exact(k * d)
@@ -409,14 +481,19 @@ pub fn assign_residual(
             .collect();
         let ks = KernelSet::selected()?;
         let mb = block_rows(d);
-        out.par_chunks_mut(mb * levels)
+        let bad = out
+            .par_chunks_mut(mb * levels)
             .zip(residual.par_chunks_mut(mb * d))
-            .for_each_init(
+            .enumerate()
+            .map_init(
                 || (Scratch::new(), vec![0i64; MB], vec![0f32; MB]),
-                |(s, codes, score), (block, res)| {
+                |(s, codes, score), (b, (block, res))| {
                     let rows = block.len() / levels;
+                    let mut bad: Option<(usize, usize)> = None;
                     for (l, (raw, cb)) in cbs.iter().enumerate() {
-                        assign_rows(res, rows, d, cb, &ks, s, codes, score);
+                        if let Some(r) = assign_rows(res, rows, d, cb, &ks, s, codes, score) {
+                            bad = bad.or(Some((l, b * mb + r)));
+                        }
                         for r in 0..rows {
                             let c = codes[r] as usize;
                             block[r * levels + l] = codes[r];
@@ -426,9 +503,18 @@ pub fn assign_residual(
                             }
                         }
                     }
+                    bad
                 },
-            );
-        Ok(())
+            )
+            .flatten()
+            .min();
+        match bad {
+            Some((0, row)) => not_finite("x", Some(row)),
+            Some((l, row)) => Err(Error::value(format!(
+                "x row {row}: its residual after level {l} overflowed to inf (x and codebooks hold values too large for float32 arithmetic)"
+            ))),
+            None => Ok(()),
+        }
     })??;
     Ok((out, residual))
 }
@@ -480,7 +566,7 @@ mod tests {
 
     #[test]
     fn same_codes_whatever_the_thread_count() {
-        // Small d (tile kernels) and large d (the GEMM path on avx512), over several blocks.
+        // Small d (rows read in place) and large d (rows copied chunk by chunk), over several blocks.
         for isa in Isa::available() {
             for &(n, d, k) in &[(1000, 24, 300), (2100, 1030, 20)] {
                 let x = lcg(n * d, 3);
@@ -508,10 +594,9 @@ mod tests {
 
     #[test]
     fn simd_kernels_give_identical_codes_and_scores() {
-        // Below GEMM_MIN_D every SIMD path runs the tile kernels (at and above it, avx512 sums
-        // in matrixmultiply's order and only the tie contract holds).
+        // Every SIMD path sums each product term with one FMA in the same order, at every d.
         let simd: Vec<Isa> = Isa::available().into_iter().filter(|&i| i != Isa::Portable).collect();
-        for &(n, d, k) in &[(301, 16, 1000), (97, 384, 256), (13, 1000, 40)] {
+        for &(n, d, k) in &[(301, 16, 1000), (97, 384, 256), (13, 1000, 40), (29, 1500, 70)] {
             let (x, cb) = (lcg(n * d, 11), lcg(k * d, 12));
             let runs: Vec<_> = simd.iter().map(|&i| assign_using(i, &x, n, d, &cb, k, Metric::L2, 2).unwrap()).collect();
             for pair in runs.windows(2) {
@@ -550,6 +635,51 @@ mod tests {
                 assert!((v - res[r * d + t]).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn row_norm_is_the_same_for_any_split() {
+        for d in [1, 15, 16, 37, 1037, 4096] {
+            let row = lcg(d, d as u64);
+            let whole = sum_squares(&row);
+            for step in [1, 5, 16, 48, 208, 1000] {
+                let mut norm = RowNorm::default();
+                for (i, chunk) in row.chunks(step).enumerate() {
+                    norm.add(chunk, i * step, d);
+                }
+                assert_eq!(norm.value().to_bits(), whole.to_bits(), "d={d} step={step}");
+            }
+            let f64_sum: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
+            assert!((whole as f64 - f64_sum).abs() <= 1e-5 * f64_sum.max(1e-30), "d={d}");
+        }
+    }
+
+    #[test]
+    fn non_finite_rows_are_found_in_every_row_layout() {
+        // d = 8: packed panels; 100: rows read in place; 1500: rows copied a k-block at a time
+        // (the bad values sit in the last k-block). The first bad row is named, whatever the
+        // block it falls in and the thread count.
+        for d in [8, 100, 1500] {
+            let (n, k) = (500, 40);
+            let cb = lcg(k * d, 7);
+            for (bad_value, metric) in [(f32::NAN, Metric::L2), (f32::INFINITY, Metric::InnerProduct)] {
+                let mut x = lcg(n * d, 8);
+                x[321 * d + d - 1] = bad_value;
+                x[400 * d] = bad_value;
+                for threads in [1, 2] {
+                    let err = assign(&x, n, d, &cb, k, metric, threads).unwrap_err().to_string();
+                    assert!(err.contains("x must be finite: row 321 "), "d={d}: {err}");
+                }
+                let err = assign_multi(&x, n, 1, d, true, &cb, k, metric, 2).unwrap_err().to_string();
+                assert!(err.contains("row 321 "), "multi d={d}: {err}");
+                let err = assign_residual(&x, n, d, &cb, 1, k, 2).unwrap_err().to_string();
+                assert!(err.contains("x must be finite: row 321 "), "residual d={d}: {err}");
+            }
+        }
+        // Finite x whose residual overflows after level 0 is named as such.
+        let (x, cb) = (vec![3e38f32; 4], vec![-3e38f32, -3e38, 3e38, 3e38]);
+        let err = assign_residual(&x, 2, 2, &cb, 2, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("residual after level 1"), "{err}");
     }
 
     #[test]

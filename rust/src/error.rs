@@ -42,10 +42,13 @@ pub fn first_non_finite_row(x: &[f32], d: usize) -> Option<usize> {
 
 /// Reject non-finite input, naming the argument and the first bad row.
 pub fn check_finite(name: &str, x: &[f32], d: usize) -> Result<()> {
-    match first_non_finite_row(x, d) {
-        Some(row) => Err(Error::value(format!(
-            "{name} must be finite: row {row} holds NaN or inf"
-        ))),
+    not_finite(name, first_non_finite_row(x, d))
+}
+
+/// The error for `name`'s first non-finite row, if there is one.
+pub fn not_finite(name: &str, row: Option<usize>) -> Result<()> {
+    match row {
+        Some(row) => Err(Error::value(format!("{name} must be finite: row {row} holds NaN or inf"))),
         None => Ok(()),
     }
 }

@@ -5,7 +5,6 @@
 pub mod assign;
 pub mod codes;
 pub mod error;
-pub mod gemm;
 pub mod kernel;
 pub mod kmeans;
 pub mod parallel;

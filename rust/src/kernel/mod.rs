@@ -165,6 +165,18 @@ pub fn selected() -> Result<Isa> {
         .clone()
 }
 
+/// Ask for the cache lines of `v` to be brought into L2 (a hint: a no-op off x86-64).
+#[inline]
+pub fn prefetch_l2(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(16).chain(v.last().map(std::slice::from_ref)) {
+        // SAFETY: a prefetch never faults, and the address is inside `v`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr() as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// How a micro-kernel reads `A` (MR rows of x): packed k-major, `A[i][k] = a[k*MR + i]`
 /// (contiguous broadcasts, best for small d where packing is cheap next to the kernel's fixed
 /// costs; `lda` unused).
