@@ -51,6 +51,33 @@ def diverge_on_rank_1(out: str) -> None:
         sys.exit(3)
 
 
+def streamed(out: str, folder: str) -> None:
+    """Fits from streamed parts: the parquet folder (each rank reads its own row groups) and
+    a function making unequal parts (700 and 300 rows), so one rank runs out of data first."""
+    import torch.distributed as dist
+
+    from moc_fast.index import MoCIndexer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    x = embeddings()[:1000]
+
+    def parts(rank: int, world: int):
+        return iter([x[:700]] if rank == 0 else [x[700:]])
+
+    saved = {}
+    for name, X in [("parquet", folder), ("parts", parts)]:
+        idx = MoCIndexer(3, 32, latent_dim=8, hidden=(64,), seed=0)
+        idx.fit(X, epochs=2, batch_size=256, progress=False, device="cpu")
+        saved[f"{name}_items"] = np.array(idx.summary["items"])
+        saved[f"{name}_codes"] = idx.encode(x)
+        saved.update({f"{name}.{k}": v.numpy() for k, v in idx.state_dict().items()})
+    np.savez(f"{out}.rank{rank}.npz", **saved)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main(out: str, kind: str, n: int = 3000) -> None:
     import torch.distributed as dist
 
@@ -69,5 +96,7 @@ def main(out: str, kind: str, n: int = 3000) -> None:
 if __name__ == "__main__":
     if sys.argv[2] == "diverge":
         diverge_on_rank_1(sys.argv[1])
+    elif sys.argv[2] == "streamed":
+        streamed(sys.argv[1], sys.argv[3])
     else:
         main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 3000)

@@ -54,6 +54,32 @@ def test_a_rank_whose_loss_diverges_stops_every_rank(tmp_path):
         assert "diverged" in (tmp_path / f"d.rank{rank}.err").read_text(), run.stderr[-2000:]
 
 
+def test_streamed_parts_train_one_model_on_every_rank(tmp_path):
+    """Each rank streams its own part (parquet row groups; a function's unequal parts) and the
+    ranks still take the same steps: every rank ends with the same model, trained on every
+    row once per epoch, and no rank waits for one whose part ran out."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from ddp_indexer_worker import embeddings
+
+    x = embeddings()[:1000]
+    (tmp_path / "pq").mkdir()
+    for i, part in enumerate(np.array_split(x, 2)):
+        pq.write_table(pa.table({"embedding": list(part)}), tmp_path / "pq" / f"{i}.parquet",
+                       row_group_size=97)  # fmt: skip
+    run = torchrun(str(HERE / "ddp_indexer_worker.py"), str(tmp_path / "s"), "streamed",
+                   str(tmp_path / "pq"), timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"s.rank{r}.npz") for r in (0, 1)]
+    for key in ranks[0].files:
+        assert np.array_equal(ranks[0][key], ranks[1][key]), key
+    for name in ("parquet", "parts"):
+        assert int(ranks[0][f"{name}_items"]) == len(x), name
+        used = len(np.unique(ranks[0][f"{name}_codes"], axis=0))
+        assert used > 20, f"{name}: {used} distinct code tuples for 40 clusters"
+
+
 # 1025 items in batches of 1024: the case that hung `moc-fast index` under torchrun.
 @pytest.mark.parametrize("n", [3000, 1025])
 def test_cli_index_under_torchrun_writes_once_and_matches_one_process(tmp_path, n):

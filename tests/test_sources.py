@@ -324,3 +324,55 @@ def test_take_reads_any_rows_of_a_file_including_none(data):
     src = as_source(private)
     assert src.file is None and (src.take(np.array([3])) == 7.0).all()
     assert (private[3] == 7.0).all()  # reading did not discard the change (no MADV_DONTNEED)
+
+
+# ---------------------------------------------------------------- one part per rank
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_parquet_parts_are_contiguous_disjoint_and_cover_every_row(data, world):
+    x, tmp = data  # 3 files of 334-335 rows in row groups of 97: parts cut through groups
+    source = as_source(tmp / "pq")
+    parts = [source.shard(r, world) for r in range(world)]
+    got = [np.concatenate(list(p.blocks(rows=50))) for p in parts]
+    assert [len(g) for g in got] == [p.num_rows for p in parts]
+    assert max(p.num_rows for p in parts) - min(p.num_rows for p in parts) <= 1
+    np.testing.assert_array_equal(np.concatenate(got), x)  # rank order is row order
+
+
+def test_a_parquet_part_reads_about_its_share_of_the_bytes(tmp_path):
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("needs Linux's per-process I/O counters (/proc/self/io)")
+    x = clustered(40_000, 32, seed=1)
+    write_parquet(tmp_path / "big", x, files=2)  # 2 files of 20,000 rows, groups of 97
+
+    def bytes_read(source) -> int:
+        before = int(io.read_text().split("rchar:")[1].split()[0])
+        rows = sum(len(b) for b in source.blocks())
+        assert rows == source.num_rows
+        return int(io.read_text().split("rchar:")[1].split()[0]) - before
+
+    source = as_source(tmp_path / "big")
+    alone = bytes_read(source)
+    for rank in (0, 1):
+        assert bytes_read(source.shard(rank, 2)) < 0.6 * alone
+
+
+def test_iterable_parts_strided_or_made_by_the_function(data):
+    x, _ = data
+    blocks = np.array_split(x, 7)  # uneven blocks: the stride runs across their edges
+    strided = [np.concatenate(list(IterableSource(blocks).shard(r, 3).blocks())) for r in range(3)]
+    for r in range(3):
+        np.testing.assert_array_equal(strided[r], x[r::3])
+
+    calls = []
+
+    def parts(rank: int = 0, world: int = 1):  # makes its own part: read nothing else
+        calls.append((rank, world))
+        return iter(np.array_split(x, world)[rank : rank + 1])
+
+    own = [np.concatenate(list(IterableSource(parts).shard(r, 2).blocks())) for r in range(2)]
+    np.testing.assert_array_equal(np.concatenate(own), x)
+    assert calls == [(0, 2), (1, 2)]
+

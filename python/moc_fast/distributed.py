@@ -155,18 +155,33 @@ def encode_ray(
     encoded.context.execution_options.preserve_order = True  # codes in the input's order
     batches = (b["codes"] for b in encoded.iter_batches(batch_format="numpy", batch_size=None))
     if not indexer.appends_collision_code:
-        parts = list(batches)
-        return np.concatenate(parts) if parts else np.zeros((0, indexer.num_codes), np.int64)
+        return _assembled(list(batches), indexer.num_codes)
     with tempfile.TemporaryDirectory(dir=spill_dir, prefix="moc_fast_collisions_") as tmp:
         return _with_collision_codes(batches, indexer.num_codes, partitions, Path(tmp))
 
 
+def _assembled(parts: list[np.ndarray], num_codes: int) -> np.ndarray:
+    """The parts stacked, each freed once copied: the result's pages are only touched as
+    they are written, so the peak is one result plus what is left of the parts, not two."""
+    out = np.empty((sum(len(p) for p in parts), num_codes), dtype=np.int64)
+    at = 0
+    parts.reverse()
+    while parts:
+        c = parts.pop()
+        out[at : at + len(c)] = c
+        at += len(c)
+        del c
+    return out
+
+
 def _with_collision_codes(batches: Any, num_codes: int, parts: int, tmp: Path) -> np.ndarray:
-    """The streamed codes with TIGER's collision column, ranked per hash partition."""
+    """The streamed codes with TIGER's collision column, ranked per hash partition. The codes
+    go to the partition files only; the result is filled from them, one partition at a time,
+    so the driver never holds the codes twice."""
     import ray
 
     files = [open(tmp / f"p{i:03d}.bin", "wb") for i in range(parts)]  # noqa: SIM115
-    chunks, n = [], 0
+    n = 0
     try:
         for codes in batches:
             codes = np.ascontiguousarray(codes, dtype=np.int64)
@@ -175,17 +190,11 @@ def _with_collision_codes(batches: Any, num_codes: int, parts: int, tmp: Path) -
             records = np.column_stack([rows, codes])
             for p in np.unique(where):
                 files[p].write(records[where == p].tobytes())
-            chunks.append(codes)
             n += len(codes)
     finally:
         for f in files:
             f.close()
     out = np.empty((n, num_codes + 1), dtype=np.int64)
-    at = 0
-    for c in chunks:
-        out[at : at + len(c), :num_codes] = c
-        at += len(c)
-    del chunks
     rank = ray.remote(num_cpus=1)(_rank_partition)
     in_flight = max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending: list[Any] = []
@@ -199,6 +208,7 @@ def _with_collision_codes(batches: Any, num_codes: int, parts: int, tmp: Path) -
 
     for i in range(parts):  # one partition read, shipped and ranked at a time per CPU
         records = np.fromfile(tmp / f"p{i:03d}.bin", dtype=np.int64).reshape(-1, num_codes + 1)
+        out[records[:, 0], :num_codes] = records[:, 1:]
         pending.append(rank.remote(records))
         del records
         collect(block=False)

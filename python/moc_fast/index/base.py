@@ -52,6 +52,20 @@ def shuffled_batches(
             yield rows[s : s + batch_size]
 
 
+def _global_batch(xb: np.ndarray | None, world: int, dev: torch.device) -> tuple[int, int]:
+    """(rows in this step's global batch, D) from every rank's share (`None`: none left).
+    Under torch.distributed every rank calls it once per step, even with nothing left."""
+    rows, d = (0, 0) if xb is None else xb.shape
+    if world == 1:
+        return rows, d
+    import torch.distributed as dist
+
+    t = torch.tensor([rows, d * (rows > 0), rows > 0], dtype=torch.int64, device=dev)
+    dist.all_reduce(t)  # on dev: nccl reduces CUDA tensors only
+    total, d_sum, holders = t.tolist()
+    return total, d_sum // max(1, holders)
+
+
 def embedding_blocks(X: Any, input_dim: int, rows: int = ENCODE_CHUNK) -> Iterator[np.ndarray]:
     """The checked blocks of any embedding source, each with the D an indexer was built for."""
     for block in as_source(X).blocks(rows):
@@ -224,6 +238,9 @@ class VQIndexer(nn.Module, Indexer):
         permutation, rows gathered per batch), so a memory map trains the same model as the
         array in RAM; parquet and iterables stream through a seeded shuffle buffer
         (`SHUFFLE_BYTES`). Memory is bounded by the batch and that buffer, not by N.
+        Under torch.distributed each rank reads only its rows of an array or memory map, and
+        only its own part of a parquet dataset (contiguous row groups, about 1/W of the bytes);
+        see `_epoch_batches`.
 
         `checkpoint`: a file written (atomically, by rank 0) after every epoch with the model,
         the optimizer and every generator the training draws from; when it exists at the
@@ -367,10 +384,15 @@ class VQIndexer(nn.Module, Indexer):
         rng: np.random.Generator,
     ) -> Callable[[], Iterator[tuple[Tensor, int]]]:
         """A function giving one epoch's shuffled batches as `(this rank's share on dev, rows
-        in the global batch)`. Every rank draws the same permutation; rank r's share is rows
-        r, r + world, ... of each global batch. Random-access sources (arrays, memory maps)
-        read only those rows on each rank; parquet and iterables are read whole by every rank,
-        each keeping its share."""
+        in the global batch)`.
+
+        Random-access sources (arrays, memory maps): every rank draws the same permutation
+        and reads only rows r, r + world, ... of each global batch, so W ranks train the model
+        one process trains. Streamed sources (parquet, iterables): each rank reads its own
+        part (`EmbeddingSource.shard`) through its own shuffle buffer, in batches of about
+        batch_size / W; before each step the ranks add up their batch sizes (one small
+        all-reduce), which gives the global batch for the loss weights and ends the epoch on
+        every rank at once when all parts are spent, however unequal they are."""
         source = as_source(X)
         dim = self.input_dim if self._built else None
         mem = source.in_memory()
@@ -393,13 +415,26 @@ class VQIndexer(nn.Module, Indexer):
 
             return gathered
 
+        part = source.shard(rank, world)
+        local_batch = max(1, batch_size // world + (rank < batch_size % world))
+
         def streamed() -> Iterator[tuple[Tensor, int]]:
-            for xb in shuffled_batches(source, batch_size, rng):
-                if dim is not None and xb.shape[1] != dim:
+            # One draw from the shared generator per epoch (the same on every rank, so the
+            # checkpointed state is every rank's), then a stream of this rank's own.
+            mine = np.random.default_rng([int(rng.integers(2**63)), rank])
+            batches = shuffled_batches(part, local_batch, mine)
+            while True:
+                xb = next(batches, None)
+                if xb is not None and dim is not None and xb.shape[1] != dim:
                     raise ValueError(
                         f"X has {xb.shape[1]} columns but this indexer was built for D = {dim}"
                     )
-                yield torch.from_numpy(np.ascontiguousarray(xb[rank::world])).to(dev), len(xb)
+                rows, d = _global_batch(xb, world, dev)
+                if rows == 0:
+                    return
+                if xb is None:  # this rank's part is spent: an empty share of the step
+                    xb = np.zeros((0, d), np.float32)
+                yield torch.from_numpy(np.ascontiguousarray(xb)).to(dev), rows
 
         return streamed
 

@@ -5,10 +5,16 @@ memory-mapped `.npy` (`np.load(path, mmap_mode="r")` or the path itself), a parq
 folder of parquet files with an embedding column (pyarrow), or an iterable of `(B, D)` batches
 (a list, or a function returning a fresh iterator, for several passes). Every block is checked
 as it is read (floats, D columns, finite), and errors give the global row.
+
+Under torch.distributed each rank streams its own part (`EmbeddingSource.shard`): parquet
+reads only the row groups of a contiguous 1/W of the rows; an iterable function that takes
+`rank` and `world` keywords makes its own part; any other iterable is read whole by every rank,
+which keeps every W-th row.
 """
 
 from __future__ import annotations
 
+import inspect
 import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -65,6 +71,32 @@ class EmbeddingSource:
     def in_memory(self) -> np.ndarray | None:
         """The whole array when it already lives in RAM (then nothing needs streaming)."""
         return None
+
+    def shard(self, rank: int, world: int) -> EmbeddingSource:
+        """Rank `rank`'s part of `world` disjoint parts that together hold every row once.
+        This default reads every row and keeps rows `rank, rank + world, ...`; sources that
+        can read less override it."""
+        return self if world == 1 else StridedShard(self, rank, world)
+
+
+class StridedShard(EmbeddingSource):
+    """Every `world`-th row of a source, from row `rank`: read whole, kept in part."""
+
+    def __init__(self, source: EmbeddingSource, rank: int, world: int) -> None:
+        self.source, self.rank, self.world = source, rank, world
+        self.name = f"{source.name} (rank {rank} of {world})"
+
+    @property
+    def dim(self) -> int | None:  # type: ignore[override]
+        return self.source.dim
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+        start = 0
+        for block in self.source.blocks(rows):
+            first = (self.rank - start) % self.world  # this rank's first row in the block
+            if first < len(block):
+                yield block[first :: self.world]
+            start += len(block)
 
 
 class ArraySource(EmbeddingSource):
@@ -201,6 +233,8 @@ class ParquetSource(EmbeddingSource):
     """A parquet file or a folder of them (read in sorted file order), with an embedding column
     of float lists of equal length."""
 
+    range: tuple[int, int] | None = None  # a shard's global rows [lo, hi); None: every row
+
     def __init__(self, path: str | os.PathLike, column: str = PARQUET_COLUMN) -> None:
         from moc_fast._extras import require
 
@@ -235,12 +269,49 @@ class ParquetSource(EmbeddingSource):
                     "(the item's embedding)"
                 )
 
+    def shard(self, rank: int, world: int) -> EmbeddingSource:
+        """Rows `[rank·N/W, (rank+1)·N/W)`, read from the row groups that hold them only."""
+        if world == 1:
+            return self
+        part = ParquetSource.__new__(ParquetSource)
+        part.__dict__.update(self.__dict__)
+        part.range = (rank * self.num_rows // world, (rank + 1) * self.num_rows // world)
+        part.name = f"{self.name} (rank {rank} of {world})"
+        part.num_rows = part.range[1] - part.range[0]
+        return part
+
+    def _pieces(self) -> Iterator[tuple[Path, list[int], int, int]]:
+        """(file, row groups to read, rows of them to skip at the front, most rows to keep)
+        for every file that holds some of this source's rows."""
+        import pyarrow.parquet as pq
+
+        lo, hi = self.range or (0, self.num_rows)
+        start = 0
+        for f in self.files:
+            meta = pq.ParquetFile(f).metadata
+            groups, first = [], None
+            for g in range(meta.num_row_groups):
+                g_lo = start
+                start += meta.row_group(g).num_rows
+                if start > lo and g_lo < hi:  # the group overlaps [lo, hi)
+                    first = g_lo if first is None else first
+                    groups.append(g)
+            if groups:
+                yield f, groups, max(0, lo - first), hi - max(lo, first)
+
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
         import pyarrow.compute as pc
 
-        start = 0
-        for f in self.files:
-            for batch in _verified_batches(f, rows, self.column):
+        start = self.range[0] if self.range else 0  # global row of the next block
+        for f, groups, skip, keep in self._pieces():
+            for batch in _verified_batches(f, rows, self.column, groups):
+                if skip >= len(batch):
+                    skip -= len(batch)
+                    continue
+                if keep <= 0:
+                    break
+                batch = batch.slice(skip, keep)
+                skip, keep = 0, keep - len(batch)
                 col = batch.column(0)
                 if col.null_count:
                     raise ValueError(f"{self.name}: column {self.column!r} has nulls near row "
@@ -257,15 +328,18 @@ class ParquetSource(EmbeddingSource):
                 yield block
 
 
-def _verified_batches(path: Path, rows: int, column: str) -> Iterator[Any]:
-    """Record batches of one column, every page checked against its CRC where the writer
-    stored one (`write_table(..., write_page_checksum=True)`, as moc_fast writes)."""
+def _verified_batches(
+    path: Path, rows: int, column: str, row_groups: list[int] | None = None
+) -> Iterator[Any]:
+    """Record batches of one column (of `row_groups` only, if given), every page checked
+    against its CRC where the writer stored one (`write_table(..., write_page_checksum=True)`,
+    as moc_fast writes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         f = pq.ParquetFile(path, page_checksum_verification=True)
-        yield from f.iter_batches(batch_size=rows, columns=[column])
+        yield from f.iter_batches(batch_size=rows, columns=[column], row_groups=row_groups)
     except (OSError, pa.ArrowException) as exc:
         raise ValueError(f"{path} is corrupt or unreadable: {exc}") from exc
 
@@ -274,10 +348,22 @@ class IterableSource(EmbeddingSource):
     """An iterable of `(B, D)` batches, or a function returning a fresh iterator per pass.
     A one-shot iterator (a generator) allows one pass only."""
 
-    def __init__(self, batches: Iterable[Any] | Callable[[], Iterable[Any]], name: str = "X"):
+    def __init__(self, batches: Iterable[Any] | Callable[..., Iterable[Any]], name: str = "X"):
         self.batches, self.name = batches, name
         self._one_shot = isinstance(batches, Iterator)  # a generator: one pass only
         self._passes = 0
+        self._part: dict[str, int] = {}
+
+    def shard(self, rank: int, world: int) -> EmbeddingSource:
+        """A function taking `rank` and `world` keywords is asked for this rank's part (which
+        must be disjoint from the other ranks'); anything else is read whole and strided."""
+        if world == 1:
+            return self
+        if callable(self.batches) and _takes_rank_and_world(self.batches):
+            part = IterableSource(self.batches, f"{self.name} (rank {rank} of {world})")
+            part._part = {"rank": rank, "world": world}
+            return part
+        return StridedShard(self, rank, world)
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
         if self._one_shot and self._passes:
@@ -286,7 +372,7 @@ class IterableSource(EmbeddingSource):
                 "function returning a fresh iterator to make several passes (epochs)"
             )
         self._passes += 1
-        it = self.batches() if callable(self.batches) else self.batches
+        it = self.batches(**self._part) if callable(self.batches) else self.batches
         start = 0
         for b in it:
             block = check_block(b, start, self.dim, self.name)
@@ -295,6 +381,14 @@ class IterableSource(EmbeddingSource):
                 yield block[s : s + rows]
             start += len(block)
         self.num_rows = start
+
+
+def _takes_rank_and_world(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return "rank" in params and "world" in params
 
 
 def as_source(X: Any, name: str = "X", column: str = PARQUET_COLUMN) -> EmbeddingSource:
