@@ -17,6 +17,7 @@ from moc_fast.engine import (
     pack_codes,
     resolve_collisions,
     rq_kmeans,
+    topk_codes,
     unpack_codes,
     within_tie,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "kmeans",
     "pack_codes",
     "resolve_collisions",
+    "topk_codes",
     "rq_kmeans",
     "unpack_codes",
 ]

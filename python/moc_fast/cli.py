@@ -142,6 +142,27 @@ def _study(args: argparse.Namespace, base: dict) -> int:
     return 0
 
 
+def _retrieval(args: argparse.Namespace) -> int:
+    from moc_fast.retrieval.run import RetrievalConfig, run
+
+    cfg = load_config(args.config)
+    for key in ("datasets", "methods"):
+        if getattr(args, key, None):
+            cfg[key] = getattr(args, key).split(",")
+    for key in ("seeds", "moc_scales", "rqvae_levels"):
+        if getattr(args, key, None):
+            cfg[key] = [int(v) for v in getattr(args, key).split(",")]
+    for key in ("epochs", "tiger_epochs", "out", "cold_share"):
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
+    cfg["progress"] = not args.quiet
+    config = RetrievalConfig.from_dict(cfg)
+    run(config)
+    print((Path(config.out) / "report.md").read_text())
+    print(f"results: {Path(config.out) / 'results.csv'}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from moc_fast.report import write_report
 
@@ -324,6 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verb("demo", "a small study on the synthetic catalogue (about a minute)")
     _grid_options(demo)
     demo.set_defaults(func=lambda a: _study(a, DEMO))
+
+    retr = verb("retrieval", "run (or resume) the generative next-item retrieval study")
+    retr.add_argument("--config", help="YAML/JSON with RetrievalConfig keys")
+    retr.add_argument("--datasets", help="comma-separated dataset folders (or 'synthetic')")
+    retr.add_argument("--methods", help="comma-separated: popularity, sasrec, parallel-moc, "
+                      "parallel-kmeans, tiger-rqvae")  # fmt: skip
+    retr.add_argument("--seeds", help="comma-separated seeds")
+    retr.add_argument("--moc-scales", dest="moc_scales", help="MoC codebook counts, e.g. 1,3,7")
+    retr.add_argument("--rqvae-levels", dest="rqvae_levels", help="RQ-VAE depths, e.g. 3,4")
+    retr.add_argument("--epochs", type=int, help="most epochs (SASRec, parallel decoder)")
+    retr.add_argument("--tiger-epochs", dest="tiger_epochs", type=int, help="most TIGER epochs")
+    retr.add_argument("--cold-share", dest="cold_share", type=float,
+                      help="share of items held out of training (cold-start recall)")  # fmt: skip
+    retr.add_argument("--out", help="output folder (results.csv, report.md, curves)")
+    retr.set_defaults(func=_retrieval)
 
     study = verb("study", "run (or resume) the scaling study grid")
     _grid_options(study)

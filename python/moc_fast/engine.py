@@ -225,6 +225,26 @@ def resolve_collisions(codes: Any) -> np.ndarray:
     return out
 
 
+def topk_codes(
+    logp: Any, codes: Any, k: int, *, num_threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of a catalogue scored through its codes: item n scores
+    `Σ_m logp[b, m, codes[n, m]]` (summed in code order) for each query row b of `logp (B, M, K)`.
+    `codes (N, M)` may be uint8/uint16/int32/int64 (ItemCodes' compact dtypes are read as
+    they are). Returns items `(B, min(k, N))` int64 and their scores, best first; ties go to
+    the lower item index, so the result does not depend on the thread count."""
+    lp = _floats("logp", logp, 3)
+    arr = _to_numpy("codes", codes)
+    if arr.ndim != 2:
+        raise ValueError(f"codes must be 2-D (N, M), got shape {arr.shape}")
+    if arr.dtype not in (np.uint8, np.uint16, np.int32, np.int64):
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"codes must hold integers, got {arr.dtype}")
+        arr = arr.astype(np.int64)
+    kk = _count("k", k)
+    return _native.topk_codes(lp, np.ascontiguousarray(arr), kk, _threads(num_threads))
+
+
 def code_stats(codes: Any, codebook_size: int) -> dict[str, Any]:
     """Codebook health of `codes (N, M)` with codes in `[0, codebook_size)`.
 

@@ -181,59 +181,76 @@ class StudyData:
     def codes(
         self, family: str, scale: int, seed: int = 0
     ) -> tuple[np.ndarray, dict[str, float]]:
-        """Item codes of an indexer trained once per (family, scale, seed), cached on disk under
-        a hash of everything that determines them: the indexer's class and full config (seed
-        included), its training settings, the input embeddings and the package version."""
+        """Item codes of an indexer trained once per (family, scale, seed) (`indexed_codes`)."""
         key = (family, scale, seed)
-        if key in self._codes:
-            return self._codes[key]
-        import moc_fast as mf
-
-        c = self.cfg
-        x = self.embeddings()
-        k = min(c.codebook_size, len(x))
-        cls = build_indexer(family, scale, k, seed)
-        trained = family in ("moc", "rqvae")
-        fit_args = {"epochs": c.index_epochs, "batch_size": max(c.index_batch_size, k)}
-        recipe = {
-            "indexer": type(cls).__name__,
-            "config": getattr(cls, "config", None) or repr(cls),
-            "fit": fit_args if trained else {},
-            "embeddings": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
-            "shape": list(x.shape),
-            "moc_fast": mf.__version__,
-            "format": CODES_CACHE_VERSION,
-        }
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
-        tag = f"{self.name}-{family}-{scale}-s{seed}-{digest.hexdigest()[:16]}"
-        cache = cache_dir() / "codes" / f"{tag}.npz"  # large: kept out of the results folder
-        if cache.exists():
-            z = np.load(cache, allow_pickle=False)
-            self._codes[key] = (z["codes"], json.loads(str(z["metrics"])))
-            return self._codes[key]
-        from moc_fast.metrics import index_report
-
-        cls.fit(
-            x,
-            epochs=fit_args["epochs"] if trained else None,
-            batch_size=fit_args["batch_size"],
-            device=self.cfg.device,
-            progress=self.cfg.progress,
-            **({"desc": f"{self.name} {family} {scale}x seed {seed} indexer"} if trained else {}),
-        )
-        if trained:
-            cls.cpu()
-        rep = index_report(cls, x)
-        metrics = {
-            "discriminability": rep["discriminability"],
-            "redundancy": rep["redundancy"],
-            "collision_rate": rep["collision_rate"],
-            "utilization": float(np.mean(rep["utilization"])),
-        }
-        codes = cls.encode(x)
-        atomic_save_npz(cache, codes=codes, metrics=np.array(json.dumps(metrics)))
-        self._codes[key] = (codes, metrics)
+        if key not in self._codes:
+            c = self.cfg
+            self._codes[key] = indexed_codes(
+                self.name, self.embeddings(), family, scale, c.codebook_size, seed,
+                c.index_epochs, c.index_batch_size, c.device, c.progress,
+            )  # fmt: skip
         return self._codes[key]
+
+
+def indexed_codes(
+    name: str,
+    x: np.ndarray,
+    family: str,
+    scale: int,
+    codebook_size: int,
+    seed: int = 0,
+    index_epochs: int = 30,
+    index_batch_size: int = 512,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Codes of the items `x` from a `family` indexer at `scale`, and its index metrics, cached
+    on disk under a hash of everything that determines them: the indexer's class and full
+    config (seed included), its training settings, the input embeddings and the package
+    version."""
+    import moc_fast as mf
+
+    k = min(codebook_size, len(x))
+    cls = build_indexer(family, scale, k, seed)
+    trained = family in ("moc", "rqvae")
+    fit_args = {"epochs": index_epochs, "batch_size": max(index_batch_size, k)}
+    recipe = {
+        "indexer": type(cls).__name__,
+        "config": getattr(cls, "config", None) or repr(cls),
+        "fit": fit_args if trained else {},
+        "embeddings": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+        "shape": list(x.shape),
+        "moc_fast": mf.__version__,
+        "format": CODES_CACHE_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
+    tag = f"{name}-{family}-{scale}-s{seed}-{digest.hexdigest()[:16]}"
+    cache = cache_dir() / "codes" / f"{tag}.npz"  # large: kept out of the results folder
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return z["codes"], json.loads(str(z["metrics"]))
+    from moc_fast.metrics import index_report
+
+    cls.fit(
+        x,
+        epochs=fit_args["epochs"] if trained else None,
+        batch_size=fit_args["batch_size"],
+        device=device,
+        progress=progress,
+        **({"desc": f"{name} {family} {scale}x seed {seed} indexer"} if trained else {}),
+    )
+    if trained:
+        cls.cpu()
+    rep = index_report(cls, x)
+    metrics = {
+        "discriminability": rep["discriminability"],
+        "redundancy": rep["redundancy"],
+        "collision_rate": rep["collision_rate"],
+        "utilization": float(np.mean(rep["utilization"])),
+    }
+    codes = cls.encode(x)
+    atomic_save_npz(cache, codes=codes, metrics=np.array(json.dumps(metrics)))
+    return codes, metrics
 
 
 def build_indexer(family: str, scale: int, codebook_size: int, seed: int = 0):

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod kmeans;
 pub mod parallel;
 pub mod size;
+pub mod topk;
 
 #[cfg(feature = "python")]
 mod bindings {
@@ -222,6 +223,50 @@ mod bindings {
         Ok((out.into_pyarray(py).reshape([n, m + 1])?, largest))
     }
 
+    type TopK<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
+    /// Exact top-k of items scored by the sum of their codes' log-probabilities.
+    #[pyfunction]
+    #[pyo3(signature = (logp, codes, k, num_threads=0))]
+    fn topk_codes<'py>(
+        py: Python<'py>,
+        logp: PyReadonlyArray3<'py, f32>,
+        codes: &Bound<'py, PyAny>,
+        k: usize,
+        num_threads: usize,
+    ) -> PyResult<TopK<'py>> {
+        let [b, m, kk] = [logp.shape()[0], logp.shape()[1], logp.shape()[2]];
+        let lp = contiguous("logp", &logp)?;
+        macro_rules! run {
+            ($t:ty) => {{
+                let c = codes.extract::<PyReadonlyArray2<'py, $t>>()?;
+                if c.shape()[1] != m {
+                    return Err(PyValueError::new_err(format!(
+                        "codes must be (N, M = {m}) like logp's M, got {:?}", c.shape()
+                    )));
+                }
+                let n = c.shape()[0];
+                let cs = contiguous("codes", &c)?;
+                py.detach(|| crate::topk::topk_codes(lp, b, m, kk, cs, n, k, num_threads))?
+            }};
+        }
+        let (items, scores) = if codes.extract::<PyReadonlyArray2<'py, u8>>().is_ok() {
+            run!(u8)
+        } else if codes.extract::<PyReadonlyArray2<'py, u16>>().is_ok() {
+            run!(u16)
+        } else if codes.extract::<PyReadonlyArray2<'py, i32>>().is_ok() {
+            run!(i32)
+        } else if codes.extract::<PyReadonlyArray2<'py, i64>>().is_ok() {
+            run!(i64)
+        } else {
+            return Err(PyTypeError::new_err(
+                "codes must be a 2-D uint8, uint16, int32 or int64 array",
+            ));
+        };
+        let kk_out = items.len().checked_div(b).unwrap_or(0);
+        Ok((items.into_pyarray(py).reshape([b, kk_out])?, scores.into_pyarray(py).reshape([b, kk_out])?))
+    }
+
     #[pyfunction]
     fn code_histograms<'py>(
         py: Python<'py>,
@@ -264,6 +309,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(pack_codes, m)?)?;
         m.add_function(wrap_pyfunction!(unpack_codes, m)?)?;
         m.add_function(wrap_pyfunction!(resolve_collisions, m)?)?;
+        m.add_function(wrap_pyfunction!(topk_codes, m)?)?;
         m.add_function(wrap_pyfunction!(code_histograms, m)?)?;
         m.add_function(wrap_pyfunction!(kmeans_from, m)?)?;
         m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;

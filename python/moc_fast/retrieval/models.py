@@ -1,0 +1,147 @@
+"""Next-item models that score the whole catalogue: popularity, SASRec over item IDs, and the
+parallel decoder over unordered semantic codes (MoC, k-means: any indexer whose M codes are
+parallel).
+
+Each model maps a history `(B, L)` of item indices (left-padded with PAD = -1) to scores
+`(B, N)` over all N items (`scores`), and has a training `loss(history, target)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moc_fast.nn.moc_embedding import MoCEmbedding
+from moc_fast.retrieval.protocol import MAX_HISTORY
+from moc_fast.retrieval.topk import code_scores, topk_by_codes
+
+
+class Popularity(nn.Module):
+    """Scores every item by its training-target count, whatever the history."""
+
+    def __init__(self, counts: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("counts", counts.float())
+
+    def scores(self, history: Tensor) -> Tensor:
+        return self.counts.expand(history.shape[0], -1)
+
+
+class CausalEncoder(nn.Module):
+    """A SASRec-style stack: learned positions, pre-norm causal self-attention blocks; returns
+    the state at the last position (the history's summary)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(max_len, dim)
+        block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")  # fmt: skip
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        causal = torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1)
+        self.register_buffer("causal", causal)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """`x (B, L, dim)` item inputs, `pad (B, L)` True at padding -> `(B, dim)`."""
+        length = x.shape[1]
+        x = self.drop(x + self.pos.weight[None, -length:])
+        x = x.masked_fill(pad[..., None], 0.0)
+        # Left padding: the last position is always a real item (or the whole row is padding,
+        # whose output is ignored); padded keys are masked through the causal mask's union.
+        mask = self.causal[:length, :length][None] | pad[:, None, :]
+        mask = mask & ~torch.eye(length, dtype=torch.bool, device=x.device)[None]  # never empty
+        heads = self.blocks.layers[0].self_attn.num_heads
+        h = self.blocks(x, mask=mask.repeat_interleave(heads, 0))
+        return self.norm(h[:, -1])
+
+
+class SASRec(nn.Module):
+    """SASRec (Kang & McAuley 2018) over item IDs, trained with full softmax cross-entropy;
+    the output layer is the input item table (shared)."""
+
+    def __init__(self, num_items: int, dim: int = 64, layers: int = 2, heads: int = 1,
+                 dropout: float = 0.3, max_len: int = MAX_HISTORY) -> None:  # fmt: skip
+        super().__init__()
+        self.num_items = num_items
+        self.items = nn.Embedding(num_items + 1, dim)  # the last row: padding
+        nn.init.normal_(self.items.weight, std=dim**-0.5)
+        self.encoder = CausalEncoder(dim, layers, heads, dropout, max_len)
+
+    def _state(self, history: Tensor) -> Tensor:
+        pad = history < 0
+        x = self.items(history.masked_fill(pad, self.num_items))
+        return self.encoder(x, pad)
+
+    def scores(self, history: Tensor) -> Tensor:
+        return self._state(history) @ self.items.weight[: self.num_items].T
+
+    def loss(self, history: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(self.scores(history), target)
+
+
+class ParallelDecoder(nn.Module):
+    """A causal transformer over the history whose M heads predict the next item's M codes at
+    once (RPG's parallel decoding, for codes without order).
+
+    Each history item enters as its code embeddings fused by `MoCEmbedding` (mean over the M
+    fused fields), plus an item-ID embedding with `id_embedding`. An item's score is the sum
+    of its codes' log-probabilities; top-k over the catalogue is exact (`topk_by_codes`).
+    Items never seen in training still get inputs and scores through their codes."""
+
+    def __init__(self, codes: Tensor, codebook_size: int, dim: int = 64, layers: int = 2,
+                 heads: int = 1, dropout: float = 0.3, fusion: str = "gate",
+                 id_embedding: bool = False, max_len: int = MAX_HISTORY) -> None:  # fmt: skip
+        super().__init__()
+        if codes.dim() != 2 or codes.min() < 0 or codes.max() >= codebook_size:
+            raise ValueError(f"codes must be (N, M) in [0, {codebook_size}), got "
+                             f"{tuple(codes.shape)} in [{codes.min()}, {codes.max()}]")  # fmt: skip
+        self.num_items, self.num_codebooks = codes.shape
+        self.codebook_size = codebook_size
+        pad_row = torch.zeros(1, self.num_codebooks, dtype=torch.long)
+        self.register_buffer("codes", torch.cat([codes.long(), pad_row]))  # last row: padding
+        self.embed = MoCEmbedding(self.num_codebooks, codebook_size, dim, fusion=fusion)
+        self.ids = nn.Embedding(self.num_items + 1, dim) if id_embedding else None
+        if self.ids is not None:
+            nn.init.normal_(self.ids.weight, std=0.02)
+        self.encoder = CausalEncoder(dim, layers, heads, dropout, max_len)
+        self.heads = nn.Linear(dim, self.num_codebooks * codebook_size)
+        self._compact: np.ndarray | None = None  # codes for the engine's top-k, made on use
+
+    def _state(self, history: Tensor) -> Tensor:
+        pad = history < 0
+        item = history.masked_fill(pad, self.num_items)
+        x = self.embed(self.codes[item]).mean(-2)
+        if self.ids is not None:
+            x = x + self.ids(item)
+        return self.encoder(x, pad)
+
+    def log_probs(self, history: Tensor) -> Tensor:
+        """`(B, M, K)` log-probabilities of the next item's codes."""
+        logits = self.heads(self._state(history))
+        return logits.view(-1, self.num_codebooks, self.codebook_size).log_softmax(-1)
+
+    def scores(self, history: Tensor) -> Tensor:
+        return code_scores(self.log_probs(history), self.codes[: self.num_items])
+
+    def topk(self, history: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k best items `(B, k)` and their scores, exact over the catalogue (the Rust
+        engine on CPU, chunked torch elsewhere); ties go to the lower item index."""
+        logp = self.log_probs(history)
+        if logp.device.type != "cpu":
+            return topk_by_codes(logp, self.codes[: self.num_items], k)
+        from moc_fast.engine import topk_codes
+
+        if self._compact is None:  # the smallest dtype that holds the codes
+            dtype = np.uint8 if self.codebook_size <= 256 else np.uint16
+            dtype = dtype if self.codebook_size <= 65536 else np.int64
+            self._compact = self.codes[: self.num_items].numpy().astype(dtype)
+        items, scores = topk_codes(logp.detach().float().numpy(), self._compact, k)
+        return torch.from_numpy(items), torch.from_numpy(scores)
+
+    def loss(self, history: Tensor, target: Tensor) -> Tensor:
+        logp = self.log_probs(history)  # (B, M, K)
+        want = self.codes[target]  # (B, M)
+        return -logp.gather(2, want[..., None]).squeeze(-1).sum(1).mean()
