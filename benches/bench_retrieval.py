@@ -55,14 +55,15 @@ def test_topk_over_codes(benchmark, tables, n, m, impl):
     codes = tables(n, m)
     logp = torch.randn(1, m, K).log_softmax(-1)
     if impl == "moc_fast":
-        items, _ = benchmark.pedantic(mf.topk_codes, args=(logp.numpy(), codes, TOP), rounds=5)
+        _, scores = benchmark.pedantic(mf.topk_codes, args=(logp.numpy(), codes, TOP), rounds=5)
     else:
         wide = torch.from_numpy(codes.astype(np.int64))  # torch indexes with int64
         fn = _torch_full if impl == "torch-full" else lambda lp, c: topk_by_codes(lp, c, TOP)
-        items, _ = benchmark.pedantic(fn, args=(logp, wide), rounds=5)
-        items = np.asarray(items)
-    ref, _ = mf.topk_codes(logp.numpy(), codes, TOP)
-    assert (np.asarray(items)[0] == ref[0]).mean() >= 0.9  # torch.topk may order ties otherwise
+        _, scores = benchmark.pedantic(fn, args=(logp, wide), rounds=5)
+    _, ref = mf.topk_codes(logp.numpy(), codes, TOP)
+    # The same k best scores (items may differ among exact ties: torch.topk does not break
+    # them by index; 10M items over 256^M tuples collide often at M = 3).
+    np.testing.assert_array_equal(np.asarray(scores), ref)
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,36 @@ def test_study_on_a_slice_of_real_beauty(tmp_path):
     assert all(int(r["best_epoch"]) >= 1 for r in rows)
 
 
+def test_retrieval_on_the_synthetic_catalogue_runs_resumes_and_reports(tmp_path, capsys):
+    """A smoke run of every retrieval method (tiny budgets); a rerun trains nothing."""
+    import json
+
+    out = tmp_path / "retrieval"
+    cfg = tmp_path / "r.json"
+    cfg.write_text(json.dumps({"dim": 16, "tiger_dim": 16, "layers": 1, "tiger_layers": 1,
+                               "index_epochs": 3, "codebook_size": 32, "val_limit": 150,
+                               "beam": 10}))  # fmt: skip
+    args = ["-q", "retrieval", "--config", str(cfg), "--datasets", "synthetic",
+            "--methods", "popularity,sasrec,parallel-moc,parallel-kmeans,tiger-rqvae",
+            "--moc-scales", "1,2", "--rqvae-levels", "2", "--epochs", "2", "--tiger-epochs", "1",
+            "--cold-share", "0.05", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    rows = _rows(out)
+    assert {(r["method"], r["scale"]) for r in rows} == {
+        ("popularity", "1"), ("sasrec", "1"), ("parallel-moc", "1"), ("parallel-moc", "2"),
+        ("parallel-kmeans", "1"), ("tiger-rqvae", "2")}  # fmt: skip
+    assert all(0 <= float(r["test_ndcg@10"]) <= float(r["test_recall@10"]) <= 1 for r in rows)
+    assert all(int(r["cold_users"]) > 0 and r["cold_recall@10"] != "" for r in rows)
+    assert [int(r["invalid_items"]) for r in rows if r["method"] == "tiger-rqvae"] == [0]
+    assert "| synthetic | tiger-rqvae | 2 | 1 |" in (out / "report.md").read_text()
+    before = (out / "results.csv").read_bytes()
+    assert main(args) == 0
+    assert (out / "results.csv").read_bytes() == before
+    cfg.write_text('{"epochz": 3}')
+    assert main(["retrieval", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "unknown retrieval config key(s) ['epochz']" in capsys.readouterr().err
+
+
 def test_bad_config_names_the_key_and_unknown_names(tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text('{"methodz": ["moc-gate"]}')

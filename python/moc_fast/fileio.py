@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -61,3 +61,26 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_writer(path) as f:
         np.savez(f, **arrays)
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a results CSV as dicts (strings), or [] when there is no file yet."""
+    import csv
+
+    p = Path(path)
+    if not p.exists():
+        return []
+    with p.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv_rows(path: str | os.PathLike, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """`rows` under the header `columns` (other keys dropped), written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())

@@ -11,9 +11,7 @@ from moc_fast._extras import require
 
 require("torch", "safetensors", "tqdm", feature="moc_fast.study")
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -26,7 +24,14 @@ import numpy as np
 import torch
 
 from moc_fast.data.datasets import TEXT_FIELDS
-from moc_fast.fileio import atomic_save_npy, atomic_save_npz, atomic_write_bytes, cache_dir
+from moc_fast.fileio import (
+    atomic_save_npy,
+    atomic_save_npz,
+    atomic_write_bytes,
+    cache_dir,
+    read_csv_rows,
+    write_csv_rows,
+)
 from moc_fast.methods import FAMILY, METHODS, SCALED, canonical, fusion  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
@@ -105,11 +110,16 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown study config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "study")
+
+
+def config_from_dict(cls: Any, d: dict[str, Any], what: str) -> Any:
+    """The dataclass `cls` from `d`, an unknown key (a typo) being a clear error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} config key(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
 
 
 CODES_CACHE_VERSION = 2  # 2: keyed by a hash of the full recipe, seed included
@@ -128,18 +138,11 @@ def cell_key(row: dict[str, Any]) -> tuple:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv_rows(path)
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_csv_rows(path, rows, COLUMNS)
 
 
 def information_abundance(table: np.ndarray) -> tuple[float, np.ndarray]:

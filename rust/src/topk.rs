@@ -104,9 +104,6 @@ pub fn topk_codes<C: Code>(
     if codes.len() != crate::size::mul("codes", n, m)? {
         return Err(Error::value(format!("codes must be (N, M = {m}), got {} values for N = {n}", codes.len())));
     }
-    if m * kk > u32::MAX as usize {
-        return Err(Error::value(format!("logp's M*K = {m}*{kk} is too large (at most 2^32 - 1)")));
-    }
     if logp.iter().any(|v| v.is_nan()) {
         return Err(Error::value("logp must not hold NaN"));
     }
@@ -155,30 +152,32 @@ fn chunk_topk<C: Code>(
     first: usize,
     k: usize,
 ) -> Result<Vec<BinaryHeap<Cand>>> {
-    let rows = chunk.len() / m;
-    // Codes as offsets into one row's (m, kk) log-probabilities, checked once per chunk.
-    let mut offset = Vec::with_capacity(chunk.len());
-    for (i, &c) in chunk.iter().enumerate() {
-        match c.index() {
-            Some(v) if v < kk => offset.push(((i % m) * kk + v) as u32),
-            _ => {
-                return Err(Error::value(format!(
-                    "codes must lie in [0, {kk}): item {} codebook {} is out of range",
-                    first + i / m,
-                    i % m
-                )))
-            }
-        }
+    if let Some(i) = chunk.iter().position(|&c| c.index().is_none_or(|v| v >= kk)) {
+        return Err(Error::value(format!(
+            "codes must lie in [0, {kk}): item {} codebook {} is out of range",
+            first + i / m,
+            i % m
+        )));
     }
     let mut heaps = vec![BinaryHeap::with_capacity(k + 1); b];
     for (q, heap) in heaps.iter_mut().enumerate() {
         let lp = &logp[q * m * kk..(q + 1) * m * kk];
-        for r in 0..rows {
+        // Once k are kept, an item scoring below the worst kept can never enter: skip the
+        // heap for it (most items, for k much smaller than the chunk).
+        let mut floor = f32::NEG_INFINITY;
+        for (r, row) in chunk.chunks_exact(m).enumerate() {
             let mut s = 0f32;
-            for &o in &offset[r * m..(r + 1) * m] {
-                s += lp[o as usize];
+            for (j, &c) in row.iter().enumerate() {
+                // in range: checked above for the whole chunk
+                s += lp[j * kk + c.index().unwrap_or(0)];
+            }
+            if s < floor {
+                continue;
             }
             push(heap, Cand { score: s, item: first + r }, k);
+            if heap.len() == k {
+                floor = heap.peek().map_or(f32::NEG_INFINITY, |w| w.score);
+            }
         }
     }
     Ok(heaps)

@@ -86,7 +86,7 @@ class ParallelDecoder(nn.Module):
     """A causal transformer over the history whose M heads predict the next item's M codes at
     once (RPG's parallel decoding, for codes without order).
 
-    Each history item enters as its code embeddings fused by `MoCEmbedding` (mean over the M
+    Each history item enters as its code embeddings fused by `MoCEmbedding` (summed over the M
     fused fields), plus an item-ID embedding with `id_embedding`. An item's score is the sum
     of its codes' log-probabilities; top-k over the catalogue is exact (`topk_by_codes`).
     Items never seen in training still get inputs and scores through their codes."""
@@ -103,6 +103,9 @@ class ParallelDecoder(nn.Module):
         pad_row = torch.zeros(1, self.num_codebooks, dtype=torch.long)
         self.register_buffer("codes", torch.cat([codes.long(), pad_row]))  # last row: padding
         self.embed = MoCEmbedding(self.num_codebooks, codebook_size, dim, fusion=fusion)
+        # MoCEmbedding's CTR default (std 0.01) would leave the items invisible next to the
+        # learned positions: start the summed code embeddings at SASRec's item scale instead.
+        nn.init.normal_(self.embed.tables, std=dim**-0.5 / self.num_codebooks**0.5)
         self.ids = nn.Embedding(self.num_items + 1, dim) if id_embedding else None
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
@@ -113,7 +116,7 @@ class ParallelDecoder(nn.Module):
     def _state(self, history: Tensor) -> Tensor:
         pad = history < 0
         item = history.masked_fill(pad, self.num_items)
-        x = self.embed(self.codes[item]).mean(-2)
+        x = self.embed(self.codes[item]).sum(-2)
         if self.ids is not None:
             x = x + self.ids(item)
         return self.encoder(x, pad)

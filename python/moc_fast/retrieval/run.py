@@ -10,13 +10,12 @@ and `tiger-rqvae` (TIGER on RQ-VAE codes + collision suffix, at each `rqvae_leve
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
 import resource
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from moc_fast.data.datasets import TEXT_FIELDS
-from moc_fast.fileio import atomic_write_bytes
+from moc_fast.fileio import atomic_write_bytes, read_csv_rows, write_csv_rows
 from moc_fast.retrieval.metrics import metrics_from_ranks
 from moc_fast.retrieval.protocol import RetrievalSplits, build_splits
 
@@ -79,11 +78,9 @@ class RetrievalConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RetrievalConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown retrieval config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        from moc_fast.study import config_from_dict
+
+        return config_from_dict(cls, d, "retrieval")
 
     def cells(self) -> list[tuple[str, str, int, int]]:
         out = []
@@ -93,21 +90,6 @@ class RetrievalConfig:
                 for scale in scales.get(m, [1]):
                     out += [(ds, m, int(scale), int(seed)) for seed in self.seeds]
         return out
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 class Dataset:
@@ -205,7 +187,7 @@ def run(cfg: RetrievalConfig) -> list[dict[str, Any]]:
     out = Path(cfg.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", json.dumps(asdict(cfg), indent=2).encode())
-    rows = read_results(out / "results.csv")
+    rows = read_csv_rows(out / "results.csv")
     done = {(r["dataset"], r["method"], int(r["scale"]), int(r["seed"])) for r in rows}
     datasets: dict[str, Dataset] = {}
     todo = cfg.cells()
@@ -218,7 +200,7 @@ def run(cfg: RetrievalConfig) -> list[dict[str, Any]]:
         rows.append(row)
         name = f"{ds.name}-{method}-{scale}-s{seed}.json"
         atomic_write_bytes(out / "curves" / name, json.dumps(curve, indent=1).encode())
-        write_results(out / "results.csv", rows)
+        write_csv_rows(out / "results.csv", rows, COLUMNS)
     write_report(out, rows, _peak_mb())
     return rows
 

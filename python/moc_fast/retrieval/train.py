@@ -108,7 +108,7 @@ def fit(model: nn.Module, train: Examples, val: Examples, epochs: int = 50,
         if metrics[SELECT] > result.best_val.get(SELECT, -1.0):
             result.best_epoch, result.best_val = epoch, metrics
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - result.best_epoch >= patience or opt is None:
+        if opt is None or epoch - result.best_epoch >= patience:  # nothing to train, or stalled
             break
     bar.close()
     if best_state is not None:
