@@ -283,12 +283,16 @@ class ParquetSource(EmbeddingSource):
     def _pieces(self) -> Iterator[tuple[Path, list[int], int, int]]:
         """(file, row groups to read, rows of them to skip at the front, most rows to keep)
         for every file that holds some of this source's rows."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         lo, hi = self.range or (0, self.num_rows)
         start = 0
         for f in self.files:
-            meta = pq.ParquetFile(f).metadata
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except (OSError, pa.ArrowException) as exc:  # replaced or damaged since opened
+                raise ValueError(f"{f} is corrupt or unreadable: {exc}") from exc
             groups, first = [], None
             for g in range(meta.num_row_groups):
                 g_lo = start
