@@ -105,9 +105,11 @@ class Dataset:
         self._emb: np.ndarray | None = None
 
     def splits(self, seed: int) -> RetrievalSplits:
-        if seed not in self._splits:  # the cold items are drawn per seed
-            self._splits[seed] = build_splits(self.data, self.cfg.cold_share, seed)
-        return self._splits[seed]
+        # The cold items are drawn per seed; without any, every seed has the same splits.
+        key = seed if self.cfg.cold_share else 0
+        if key not in self._splits:
+            self._splits[key] = build_splits(self.data, self.cfg.cold_share, seed)
+        return self._splits[key]
 
     def codes(self, family: str, scale: int, seed: int) -> tuple[np.ndarray, dict[str, float]]:
         from moc_fast.study import indexed_codes
