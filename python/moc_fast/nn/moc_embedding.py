@@ -8,10 +8,10 @@ from torch import Tensor, nn
 from moc_fast.kernels import (
     ACTIVATIONS,
     MODES,
-    check_supported,
+    check_codes,
+    choose_backend,
     moc_embedding,
     moc_embedding_torch,
-    triton_available,
 )
 
 BACKENDS = ("auto", "triton", "torch")
@@ -24,9 +24,13 @@ class MoCEmbedding(nn.Module):
     stacked code embeddings E then pass a bottleneck across the M fields (MoC, Eq. 8):
     `gate`: E ⊙ σ(W_up·act(W_down·vec(E))), `residual`: E + W_up·act(W_down·vec(E)), or
     `none`. The output is still M fields of size e, so any CTR backbone takes it unchanged.
-    `backend="auto"` runs the fused Triton op on CUDA tensors when the shape is within the
-    kernels' supported range (M ≤ 16, e ≤ 128, bottleneck ≤ 1024) and torch elsewhere;
-    `backend="triton"` insists on the kernels (and says why when it cannot).
+    `backend="auto"` runs the fused Triton op where docs/gpu.md's cost model says it beats
+    torch (`choose_backend`: an NVIDIA GPU of compute capability >= 8.0, a shape within the
+    kernels' range M ≤ 16, e ≤ 128, bottleneck ≤ 1024, TF32 or 16-bit dots) and torch
+    elsewhere; `backend="triton"` insists on the kernels (and says why when it cannot).
+    `check_codes=False` skips the range check of the codes: on the Triton path an
+    out-of-range code then embeds as zeros and gets no gradient (silently wrong, never out of
+    bounds); on the torch path `nn.functional.embedding` raises (CPU) or asserts (CUDA).
     """
 
     def __init__(
@@ -103,27 +107,10 @@ class MoCEmbedding(nn.Module):
             return False
         if self.backend == "triton":
             return True
-        return (
-            codes.is_cuda
-            and triton_available()
-            and self.tables.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and check_supported(self.num_codebooks, self.embed_dim, self.bottleneck) is None
-        )
-
-    def _check_range(self, codes: Tensor) -> None:
-        """Out-of-range codes must not index past a table. On CPU tensors in eager mode: a host
-        check with a precise message. On CUDA tensors and under torch.compile/export: a
-        device-side assert (`torch._assert_async`), which never waits for the GPU."""
-        if codes.is_cuda or torch.compiler.is_compiling():
-            ok = ((codes >= 0) & (codes < self.codebook_size)).all()
-            torch._assert_async(ok, f"MoCEmbedding: codes out of range [0, {self.codebook_size})")
-            return
-        lo, hi = int(codes.min()), int(codes.max())
-        if lo < 0 or hi >= self.codebook_size:
-            raise ValueError(
-                f"codes out of range: found {lo if lo < 0 else hi}, expected 0 <= code < "
-                f"codebook_size = {self.codebook_size}"
-            )
+        return choose_backend(
+            codes.device, self.tables.dtype, self.num_codebooks, self.embed_dim,
+            self.bottleneck if self.fusion != "none" else 1, self.fusion, max(codes.shape[0], 1),
+        ) == "triton"  # fmt: skip
 
     def forward(self, codes: Tensor) -> Tensor:
         """`codes (*, M)` int64/int32 -> `(*, M, embed_dim)`, like `nn.Embedding`."""
@@ -143,18 +130,14 @@ class MoCEmbedding(nn.Module):
         if flat.shape[0] == 0:
             return self.tables.new_empty(*lead, self.num_codebooks, self.embed_dim)
         if self.check_codes:
-            self._check_range(flat)
-        fn = moc_embedding if self._use_triton(flat) else moc_embedding_torch
-        out = fn(
-            flat,
-            self.tables,
-            self.w_down,
-            self.b_down,
-            self.w_up,
-            self.b_up,
-            self.fusion,
-            self.activation,
-        )
+            check_codes(flat, self.codebook_size)
+        params = (self.tables, self.w_down, self.b_down, self.w_up, self.b_up)
+        if self._use_triton(flat):
+            # checked above, or skipped on request (an out-of-range code then reads zeros)
+            out = moc_embedding(flat, *params, self.fusion, self.activation,
+                                unsafe_skip_checks=True)  # fmt: skip
+        else:
+            out = moc_embedding_torch(flat, *params, self.fusion, self.activation)
         return out.reshape(*lead, self.num_codebooks, self.embed_dim)
 
     def extra_repr(self) -> str:
