@@ -137,3 +137,115 @@ def test_embedding_regulariser_shrinks_the_tables(cache):
         _, model = train_cell(StudyData("synthetic", cfg), "id-only", 1, "deepfm", 0)
         norms[lam] = float(sum(p.detach().pow(2).sum() for p in model.embedding_parameters()))
     assert norms[1e-2] < 0.5 * norms[0.0]
+
+
+# ---------------------------------------------------------------- study v2 (PLAN.md)
+
+
+def test_vary_data_gives_each_seed_its_own_negatives_and_v1_shares_seed_0s(cache):
+    v1 = StudyData("synthetic", StudyConfig(**FAST))
+    assert v1.splits_for(3) is v1.splits_for(0)  # v1: one draw for every seed
+    v2 = StudyData("synthetic", StudyConfig(**FAST, vary_data=True))
+    a, b = v2.splits_for(0), v2.splits_for(1)
+    assert torch.equal(a.test.x, v1.splits.test.x)  # seed 0 is v1's draw
+    assert not torch.equal(a.test.x, b.test.x)  # another seed, another test sample
+    pos_a = sorted(map(tuple, a.train.x[a.train.y > 0][:, :2].tolist()))
+    pos_b = sorted(map(tuple, b.train.x[b.train.y > 0][:, :2].tolist()))
+    assert pos_a == pos_b  # the positives (and so item counts) are the same draw to draw
+
+
+def test_ranking_candidates_put_the_positive_first_among_unseen_items():
+    from moc_fast.data.protocol import ranking_candidates
+
+    data = synthetic_catalog()
+    test = build_ctr(data, seed=0).test
+    cand = ranking_candidates(data, test, negatives=9, seed=0)
+    n_users = int((test.y > 0).sum())
+    assert cand.x.shape[0] == 10 * n_users and cand.y.reshape(-1, 10)[:, 0].eq(1).all()
+    assert cand.y.reshape(-1, 10)[:, 1:].eq(0).all()
+    seen = set(zip(data.users.tolist(), data.items.tolist(), strict=True))
+    groups = cand.x.reshape(n_users, 10, -1)
+    assert (groups[:, :, 0] == groups[:, :1, 0]).all()  # one user per group
+    assert not any((int(u), int(i)) in seen for u, i in groups[:, 1:, :2].reshape(-1, 2).tolist())
+    again = ranking_candidates(data, test, negatives=9, seed=0)
+    assert torch.equal(again.x, cand.x)  # one draw per seed, shared by every method
+    assert torch.equal(cand.extra["items"], cand.x[:, 1])
+
+
+def test_hit_and_ndcg_at_k_match_hand_computed_ranks():
+    from moc_fast.train import hit_ndcg_at_k
+
+    scores = np.array([[0.9, 0.1, 0.2],  # rank 0: hit, ndcg 1
+                       [0.5, 0.7, 0.1],  # rank 1: hit, ndcg 1/log2(3)
+                       [0.1, 0.5, 0.7],  # rank 2: a miss at k = 2
+                       [0.3, 0.3, 0.3]])  # ties count against: rank 2  # fmt: skip
+    got = hit_ndcg_at_k(scores, k=2)
+    assert got["hr_2"] == pytest.approx(2 / 4)
+    assert got["ndcg_2"] == pytest.approx((1 + 1 / np.log2(3)) / 4)
+    with pytest.raises(ValueError, match="1 \\+ negatives"):
+        hit_ndcg_at_k(np.zeros(5))
+
+
+def test_v2_cell_reports_ranking_and_item_bytes_and_codes_text_uses_both(cache):
+    cfg = StudyConfig(**FAST, vary_data=True, ranking_negatives=19)
+    ds = StudyData("synthetic", cfg)
+    n, e = ds.data.num_items, cfg.embed_dim
+    rows = {}
+    for method, scale in [("id-only", 1), ("moc-residual", 3), ("codes-text", 3),
+                          ("popularity", 1)]:  # fmt: skip
+        rows[method], model = train_cell(ds, method, scale, "-" if method == "popularity"
+                                         else "deepfm", 1)  # fmt: skip
+        hr, ndcg = rows[method]["hr_10"], rows[method]["ndcg_10"]
+        assert 0 <= ndcg <= hr <= 1
+        if method == "codes-text":
+            assert model.dense is not None and model.codes is not None
+            assert model.codes.fusion == "residual" and model.codes.num_codebooks == 3
+    assert rows["id-only"]["item_bytes"] == n * e * 4
+    codes_bytes = rows["moc-residual"]["item_bytes"] - n * e * 4  # + its own item-ID field
+    k = 32  # FAST's codebook size
+    fusion_params = (3 * e) * (3 * e // 2) * 2 + (3 * e // 2) + 3 * e
+    assert codes_bytes == 3 * k * e * 4 + fusion_params * 4 + n * 3  # 1 byte per code
+    assert rows["codes-text"]["item_bytes"] > rows["moc-residual"]["item_bytes"]
+
+
+def test_per_method_settings_and_mes_per_set_penalty():
+    cfg = StudyConfig(methods=["id-only", "me", "moc-residual"], embedding_l2=1e-4,
+                      embedding_l2_by={"moc-residual:7": 1e-3, "me": 1e-5},
+                      epochs_by={"moc-residual": 30}, me_l2_per_set=True)  # fmt: skip
+    assert cfg.l2_for("moc-residual", 7) == 1e-3 and cfg.l2_for("moc-residual", 3) == 1e-4
+    assert cfg.l2_for("me", 4) == pytest.approx(1e-5 / 4)
+    assert cfg.setting(cfg.epochs_by, "moc-residual", 3, 20) == 30
+    assert cfg.setting(cfg.epochs_by, "id-only", 1, 20) == 20
+    with pytest.raises(ValueError, match="names no method"):
+        StudyConfig(methods=["id-only"], embedding_l2_by={"rqvae": 1e-3})
+
+
+def test_scales_by_runs_a_scaled_method_only_at_its_own_scales(cache, tmp_path):
+    from moc_fast.study import run_study
+
+    cfg = StudyConfig(**FAST, methods=["id-only", "rqvae"], scales=[1, 2],
+                      scales_by={"rqvae": [2]}, out=str(tmp_path / "out"))  # fmt: skip
+    rows = run_study(cfg)
+    assert sorted((r["method"], int(r["scale"])) for r in rows) == [("id-only", 1), ("rqvae", 2)]
+    with pytest.raises(ValueError, match="not within scales"):
+        StudyConfig(methods=["rqvae"], scales=[1], scales_by={"rqvae": [7]})
+
+
+def test_v2_tuning_chooses_on_validation_with_ties_to_the_smaller_lambda():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "tune_v2", Path(__file__).parents[1] / "scripts" / "tune_v2.py")  # fmt: skip
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    rows = [dict(method="rqvae", scale="7", embedding_l2=str(lam), val_auc=str(v), best_epoch=b)
+            for lam, v, b in [(1e-5, 0.70, 12), (1e-4, 0.71, 29), (1e-3, 0.71, 14)]]  # fmt: skip
+    assert tune.choose(rows, "rqvae", 7) == (1e-4, 45)  # tie -> smaller λ; peaked at 29 of 30
+    rows[1]["best_epoch"] = 20
+    assert tune.choose(rows, "rqvae", 7) == (1e-4, 30)
+    todo = tune.tuning_cells(rows)
+    assert ("rqvae", 7, 1e-3) not in todo and ("id-only", 1, 1e-5) in todo
+    full = [dict(method=m, scale=str(s), embedding_l2=str(lam), val_auc="0.7", best_epoch=12)
+            for m, s in tune.ARMS for lam in tune.GRID]  # fmt: skip
+    assert {(m, s) for m, s, lam in tune.tuning_cells(full) if lam == 0.0} == set(tune.ARMS)

@@ -1,7 +1,8 @@
 """The method vocabulary shared by every `moc-fast` verb and the study (no torch needed).
 
 A method is how items enter the CTR model: not at all (`popularity`), as ids (`id-only`, `me`),
-as a dense text embedding (`text-mlp`) or as semantic codes from an indexer family.
+as a dense text embedding (`text-mlp`), as semantic codes from an indexer family, or as both
+text and MoC codes (`codes-text`: text-MLP's item vector plus MoC-residual's code fields).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ METHODS = (
     "moc-residual",
     "kmeans",
     "rq-kmeans",
+    "codes-text",
 )
 ALIASES = {"moc": "moc-gate"}
 # Methods whose representation grows with the scale s (s sets, levels or codebooks).
-SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual", "rq-kmeans")
+SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual", "rq-kmeans", "codes-text")
 # Methods that read semantic codes, and the indexer family that makes them.
 FAMILY = {
     "rqvae": "rqvae",
@@ -29,6 +31,7 @@ FAMILY = {
     "moc-residual": "moc",
     "kmeans": "kmeans",
     "rq-kmeans": "rq-kmeans",
+    "codes-text": "moc",
 }
 
 
@@ -44,4 +47,6 @@ def canonical(method: str) -> str:
 
 def fusion(method: str) -> str:
     """The MoCEmbedding fusion a code method uses (`none` for RQ-VAE and k-means codes)."""
+    if method == "codes-text":
+        return "residual"
     return method.removeprefix("moc-") if FAMILY.get(method) == "moc" else "none"

@@ -60,6 +60,9 @@ COLUMNS = [
     "auc_items_1_2",
     "auc_items_3_9",
     "auc_items_10plus",
+    "hr_10",
+    "ndcg_10",
+    "item_bytes",
 ]
 
 
@@ -83,6 +86,20 @@ class StudyConfig:
     dropout: float = 0.2  # in the backbones' deep networks
     negatives: int = 1
     sampler: str = "uniform"  # or "split-matched": see moc_fast.data.protocol.build_ctr
+    # v2: each seed draws its own CTR samples (negatives, so the test sample too); v1 drew
+    # them with seed 0 for every seed, leaving test-sampling error out of its intervals
+    vary_data: bool = False
+    # > 0: HR@10 / NDCG@10 of each test positive among this many sampled negatives (v2: 99)
+    ranking_negatives: int = 0
+    # per-method settings chosen on validation (v2 tunes λ per method × scale): keys
+    # "method:scale" or "method", values override embedding_l2 / epochs for those cells
+    embedding_l2_by: dict[str, float] = field(default_factory=dict)
+    epochs_by: dict[str, int] = field(default_factory=dict)
+    # the scales a scaled method runs at, when not all of `scales` (v2: RQ-VAE at 7x only)
+    scales_by: dict[str, list[int]] = field(default_factory=dict)
+    # ME averages its s sets, so each set's data gradient is 1/s of the total while its L2
+    # gradient is not: True divides λ by s (v2); False applies λ to every set (v1)
+    me_l2_per_set: bool = False
     codebook_size: int = 256
     index_epochs: int = 30
     index_batch_size: int = 512
@@ -107,6 +124,27 @@ class StudyConfig:
             raise ValueError(f"min_epochs must be >= 0, got {self.min_epochs}")
         if not self.scales or min(self.scales) < 1:
             raise ValueError(f"scales must be integers >= 1, got {self.scales}")
+        if self.ranking_negatives < 0:
+            raise ValueError(f"ranking_negatives must be >= 0, got {self.ranking_negatives}")
+        for method, scales in self.scales_by.items():
+            if not set(scales) <= set(self.scales):
+                raise ValueError(f"scales_by[{method!r}] = {scales} is not within scales "
+                                 f"{self.scales}")  # fmt: skip
+        tables = (("embedding_l2_by", self.embedding_l2_by), ("epochs_by", self.epochs_by),
+                  ("scales_by", self.scales_by))  # fmt: skip
+        for name, table in tables:
+            for key in table:
+                if canonical(key.split(":")[0]) not in self.methods:
+                    raise ValueError(f"{name} key {key!r} names no method of this study "
+                                     f"({self.methods})")  # fmt: skip
+
+    def setting(self, table: dict[str, Any], method: str, scale: int, default: Any) -> Any:
+        """A per-method override: "method:scale" first, then "method", else `default`."""
+        return table.get(f"{method}:{scale}", table.get(method, default))
+
+    def l2_for(self, method: str, scale: int) -> float:
+        lam = self.setting(self.embedding_l2_by, method, scale, self.embedding_l2)
+        return lam / scale if method == "me" and self.me_l2_per_set else lam
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
@@ -158,7 +196,6 @@ class StudyData:
 
     def __init__(self, spec: str, cfg: StudyConfig) -> None:
         from moc_fast.data.datasets import open_dataset
-        from moc_fast.data.protocol import build_ctr
         from moc_fast.train import items_by_training_count
 
         self.cfg = cfg
@@ -166,12 +203,34 @@ class StudyData:
         if cfg.max_users:
             self.data = self.data.subset_users(cfg.max_users)
         self.name = self.data.name
-        self.splits = build_ctr(
-            self.data, negatives=cfg.negatives, seed=0, cache=True, sampler=cfg.sampler
-        )
+        self._splits: dict[int, Any] = {}
+        self._ranking: dict[int, Any] = {}
+        self.splits = self.splits_for(0)
         self.item_counts = items_by_training_count(self.splits.train, self.splits.num_items)
         self._emb: np.ndarray | None = None
         self._codes: dict[tuple[str, int], tuple[np.ndarray, dict[str, float]]] = {}
+
+    def splits_for(self, seed: int):
+        """The CTR samples of a seed: its own draw with `vary_data`, else seed 0's (v1). The
+        positives and so the item counts are the same for every draw."""
+        from moc_fast.data.protocol import build_ctr
+
+        key = seed if self.cfg.vary_data else 0
+        if key not in self._splits:
+            self._splits[key] = build_ctr(self.data, negatives=self.cfg.negatives, seed=key,
+                                          cache=True, sampler=self.cfg.sampler)  # fmt: skip
+        return self._splits[key]
+
+    def ranking_for(self, seed: int):
+        """The ranking candidates of a seed's test positives (`ranking_negatives` each)."""
+        from moc_fast.data.protocol import ranking_candidates
+
+        key = seed if self.cfg.vary_data else 0
+        if key not in self._ranking:
+            self._ranking[key] = ranking_candidates(
+                self.data, self.splits_for(seed).test, self.cfg.ranking_negatives, key
+            )
+        return self._ranking[key]
 
     def embeddings(self) -> np.ndarray:
         if self._emb is None:
@@ -308,9 +367,16 @@ def train_cell(
     popularity). `codes` (items × M) replaces the study's own indexer for a code method."""
     from moc_fast.data.protocol import popularity_scores
     from moc_fast.nn import CTRModel
-    from moc_fast.train import auc_by_item_count, auc_score, fit_ctr, predict, score_predictions
+    from moc_fast.train import (
+        auc_by_item_count,
+        auc_score,
+        fit_ctr,
+        hit_ndcg_at_k,
+        predict,
+        score_predictions,
+    )
 
-    cfg, sp = ds.cfg, ds.splits
+    cfg, sp = ds.cfg, ds.splits_for(seed)
     row: dict[str, Any] = {
         "dataset": ds.name,
         "method": method,
@@ -323,6 +389,10 @@ def train_cell(
         test_scores = popularity_scores(sp, sp.test)
         counts = ds.item_counts[sp.test.extra["items"].numpy()]
         row.update(auc_by_item_count(sp.test.y.numpy(), test_scores, counts))
+        if cfg.ranking_negatives:
+            scores = popularity_scores(sp, ds.ranking_for(seed))
+            row.update(hit_ndcg_at_k(scores.reshape(-1, cfg.ranking_negatives + 1), 10))
+        row["item_bytes"] = 0
         row.update(
             val_auc=auc_score(sp.val.y.numpy(), popularity_scores(sp, sp.val)),
             test_auc=auc_score(sp.test.y.numpy(), test_scores),
@@ -363,6 +433,9 @@ def train_cell(
             codebook_size=int(codes.max()) + 1,
             fusion=fusion(method),
         )
+        if method == "codes-text":  # text-MLP's item vector beside the code fields
+            dense = ds.embeddings()
+            model_cfg["dense_dim"] = dense.shape[1]
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG untouched
         torch.manual_seed(seed)
@@ -372,7 +445,7 @@ def train_cell(
         model,
         train,
         val,
-        epochs=cfg.epochs,
+        epochs=cfg.setting(cfg.epochs_by, method, scale, cfg.epochs),
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         patience=cfg.patience,
@@ -381,10 +454,15 @@ def train_cell(
         device=cfg.device,
         progress=cfg.progress,
         desc=cell_label(row),
-        embedding_l2=cfg.embedding_l2,
+        embedding_l2=cfg.l2_for(method, scale),
         net_l2=cfg.net_l2,
     )
     probs = predict(model, test)
+    if cfg.ranking_negatives:
+        cand = ds.ranking_for(seed)
+        scores = predict(model, _with_items(cand, codes, dense))
+        row.update(hit_ndcg_at_k(scores.reshape(-1, cfg.ranking_negatives + 1), 10))
+    row["item_bytes"] = item_side_bytes(model, codes, dense)
     res = score_predictions(test.y.numpy(), probs)
     counts = ds.item_counts[test.extra["items"].numpy()]
     row.update(auc_by_item_count(test.y.numpy(), probs, counts))
@@ -401,6 +479,27 @@ def train_cell(
         row[IA_COLUMNS[rep]] = ia
         atomic_save_npy(Path(cfg.out) / "spectra" / spectrum_name(row, rep), spectrum)
     return row, model
+
+
+def item_side_bytes(model, codes: np.ndarray | None, dense: np.ndarray | None) -> int:
+    """Bytes a deployed model keeps for items, the study's memory column: item-ID rows (every
+    ME set), code tables and fusion weights, each item's codes (1 byte per code up to K = 256,
+    2 up to 65,536, else 4), the stored text embeddings in fp16 and their MLP. User and
+    attribute tables are left out: every method has the same ones."""
+    total = 0
+    sets = model.fields.sets if model.num_sets > 1 else [model.fields]
+    for emb in sets:  # the item-ID field is field 1 (user_id, item_id, attributes...)
+        total += emb.field_dims[1] * emb.embed_dim * 4
+        if model.num_sets > 1 and model.num_codebooks:  # ME: the code fields, per set
+            total += model.num_codebooks * emb.field_dims[-1] * emb.embed_dim * 4
+    if model.codes is not None:
+        total += sum(p.numel() * p.element_size() for p in model.codes.parameters())
+    if codes is not None:
+        k = int(codes.max()) + 1
+        total += codes.size * (1 if k <= 256 else 2 if k <= 65_536 else 4)
+    if dense is not None:
+        total += dense.size * 2 + sum(p.numel() * 4 for p in model.dense.parameters())
+    return int(total)
 
 
 # Information abundance per representation -> results.csv column.
@@ -460,6 +559,8 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
                 for method in cfg.methods:
                     if method not in SCALED and scale != min(cfg.scales):
                         continue  # unscaled methods run once, at the first scale, as 1x
+                    if method in SCALED and scale not in cfg.scales_by.get(method, cfg.scales):
+                        continue
                     if method == "popularity" and seed != cfg.seeds[0]:
                         continue  # deterministic: one row per dataset
                     s = scale if method in SCALED else 1

@@ -191,15 +191,7 @@ def _build_ctr(
     data: Interactions, negatives: int, seed: int, attributes: tuple[str, ...], sampler: str
 ) -> CTRSplits:
     rng = np.random.default_rng(seed)
-    attr_cols, names, dims = [], ["user_id", "item_id"], [data.num_users, data.num_items]
-    for a in attributes:
-        vals = data.attribute(a)
-        if vals is None or not any(vals):
-            continue
-        vocab: dict[str, int] = {"": 0}
-        attr_cols.append(np.array([vocab.setdefault(v, len(vocab)) for v in vals], dtype=np.int64))
-        names.append(a)
-        dims.append(len(vocab))
+    attr_cols, names, dims = attribute_columns(data, attributes)
     parts = []
     for idx in split_positions(data):
         pu, pi = data.users[idx], data.items[idx]
@@ -214,6 +206,52 @@ def _build_ctr(
             CTRData(torch.from_numpy(x), torch.from_numpy(y), extra={"items": torch.from_numpy(i)})
         )
     return CTRSplits(*parts, field_names=names, field_dims=dims, num_items=data.num_items)
+
+
+def attribute_columns(
+    data: Interactions, attributes: tuple[str, ...] = ATTRIBUTES
+) -> tuple[list[np.ndarray], list[str], list[int]]:
+    """Each present attribute as an item -> id column (0 = missing), with the CTR field names
+    and sizes (user_id and item_id first)."""
+    attr_cols, names, dims = [], ["user_id", "item_id"], [data.num_users, data.num_items]
+    for a in attributes:
+        vals = data.attribute(a)
+        if vals is None or not any(vals):
+            continue
+        vocab: dict[str, int] = {"": 0}
+        attr_cols.append(np.array([vocab.setdefault(v, len(vocab)) for v in vals], dtype=np.int64))
+        names.append(a)
+        dims.append(len(vocab))
+    return attr_cols, names, dims
+
+
+def ranking_candidates(
+    data: Interactions,
+    test: CTRData,
+    negatives: int = 99,
+    seed: int = 0,
+    attributes: tuple[str, ...] = ATTRIBUTES,
+) -> CTRData:
+    """For each test positive, the positive then `negatives` items its user never interacted
+    with, uniform over the catalogue (with replacement: a repeat is possible, rarely):
+    `users · (1 + negatives)` CTR rows in the test split's fields, grouped per user, y = 1 on
+    each group's first row. One draw per seed, shared by every method (study v2's HR@10 /
+    NDCG@10)."""
+    if negatives < 1:
+        raise ValueError(f"negatives must be >= 1, got {negatives}")
+    pos = test.y.numpy() > 0
+    users = test.x[:, 0].numpy()[pos]
+    items = test.extra["items"].numpy()[pos]
+    rng = np.random.default_rng([seed, 99])  # apart from build_ctr's stream for the same seed
+    _, neg = sample_negatives(data, users, negatives, rng)
+    cand = np.concatenate([items[:, None], neg.reshape(len(users), negatives)], 1).reshape(-1)
+    u = np.repeat(users, negatives + 1)
+    attr_cols, _, _ = attribute_columns(data, attributes)
+    x = np.stack([u, cand, *[col[cand] for col in attr_cols]], 1)
+    y = np.zeros(len(cand), dtype=np.float32)
+    y[:: negatives + 1] = 1.0
+    items_t = torch.from_numpy(cand)
+    return CTRData(torch.from_numpy(x), torch.from_numpy(y), extra={"items": items_t})
 
 
 def popularity_scores(splits: CTRSplits, data: CTRData) -> np.ndarray:
