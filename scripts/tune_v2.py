@@ -95,7 +95,8 @@ def write_configs() -> None:
         cfg = {**BASE, "datasets": [f"../shared/data/amazon2014/{dataset}"], "methods": methods,
                "scales": [1, 3, 7], "backbones": ["deepfm", "dcnv2"], "seeds": SEEDS,
                "scales_by": {"rqvae": [7], "codes-text": [7]},
-               "ranking_negatives": 99, "embedding_l2_by": l2, "epochs_by": epochs,
+               "ranking_negatives": 99, "save_predictions": True,
+               "embedding_l2_by": l2, "epochs_by": epochs,
                "out": f"docs/results/v2/{dataset}"}  # fmt: skip
         text = "# Study v2, primary arms (docs/results/v2/PLAN.md), by scripts/tune_v2.py\n"
         text += "\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.items()) + "\n"

@@ -249,3 +249,19 @@ def test_v2_tuning_chooses_on_validation_with_ties_to_the_smaller_lambda():
     full = [dict(method=m, scale=str(s), embedding_l2=str(lam), val_auc="0.7", best_epoch=12)
             for m, s in tune.ARMS for lam in tune.GRID]  # fmt: skip
     assert {(m, s) for m, s, lam in tune.tuning_cells(full) if lam == 0.0} == set(tune.ARMS)
+
+
+def test_saved_predictions_are_the_test_scores_in_test_order(cache, tmp_path):
+    from moc_fast.study import spectrum_name
+
+    cfg = StudyConfig(**FAST, vary_data=True, save_predictions=True, out=str(tmp_path))
+    ds = StudyData("synthetic", cfg)
+    row, model = train_cell(ds, "id-only", 1, "deepfm", 2)
+    saved = np.load(tmp_path / "predictions" / spectrum_name(row))
+    from moc_fast.train import auc_score, predict
+
+    probs = predict(model, ds.splits_for(2).test)
+    assert saved.dtype == np.float16 and len(saved) == len(probs)
+    np.testing.assert_allclose(saved, probs, rtol=1e-3, atol=1e-4)
+    y = ds.splits_for(2).test.y.numpy()
+    assert auc_score(y, saved) == pytest.approx(row["test_auc"], abs=2e-3)

@@ -100,6 +100,9 @@ class StudyConfig:
     # ME averages its s sets, so each set's data gradient is 1/s of the total while its L2
     # gradient is not: True divides λ by s (v2); False applies λ to every set (v1)
     me_l2_per_set: bool = False
+    # keep each cell's test predictions (fp16, out/predictions/<cell>.npy, in test order) for
+    # the paired bootstrap over test users (moc_fast.stats.paired_bootstrap_auc)
+    save_predictions: bool = False
     codebook_size: int = 256
     index_epochs: int = 30
     index_batch_size: int = 512
@@ -475,6 +478,9 @@ def train_cell(
         val_curve=[h["val_auc"] for h in hist["history"]],  # in memory only, not in the CSV
         seconds=round(time.perf_counter() - start, 2),
     )
+    if cfg.save_predictions:
+        path = Path(cfg.out) / "predictions" / spectrum_name(row)
+        atomic_save_npy(path, probs.astype(np.float16))
     for rep, (ia, spectrum) in representation_abundance(model, codes, method).items():
         row[IA_COLUMNS[rep]] = ia
         atomic_save_npy(Path(cfg.out) / "spectra" / spectrum_name(row, rep), spectrum)
