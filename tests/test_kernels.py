@@ -525,3 +525,31 @@ def test_autotuning_keeps_the_fastest_config_and_never_changes_an_accumulated_re
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     op._launch("_test", Kernel(), lambda c: (1,), (out,), configs, ("new",), restore=out)
     assert calls[-1] == 64 and ("_test", "new") not in op._TUNED  # no timing in a capture
+
+
+def test_auto_backend_compiles_fullgraph_with_its_choice_as_a_constant(monkeypatch):
+    """Under torch.compile the auto choice is made in Python at trace time: with a (faked)
+    H100 in TF32 the traced graph holds the Triton op, on the CPU the torch ops."""
+    cost = importlib.import_module("moc_fast.kernels.cost_model")
+    torch.manual_seed(0)
+    layer = MoCEmbedding(3, 16, 8, fusion="gate")  # backend="auto"
+    codes = torch.randint(0, 16, (20, 3))
+    ref = layer(codes)
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(layer, fullgraph=True, backend=backend)(codes)
+    torch.testing.assert_close(out, ref)
+    assert not any("moc_embedding" in str(n.target) for n in graphs[-1].graph.nodes)
+    monkeypatch.setattr(cost, "triton_unsupported_reason", lambda d: None)
+    monkeypatch.setattr(cost, "gpu_for", lambda d: cost.GPUS["H100"])
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    torch._dynamo.reset()
+    out = torch.compile(layer, fullgraph=True, backend=backend)(codes)
+    assert any("moc_embedding" in str(n.target) for n in graphs[-1].graph.nodes)
+    assert _rel(out, ref) < tolerance(torch.float32, tf32=True)
+    torch._dynamo.reset()

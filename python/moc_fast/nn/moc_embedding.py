@@ -17,6 +17,15 @@ from moc_fast.kernels import (
 BACKENDS = ("auto", "triton", "torch")
 
 
+@torch._dynamo.assume_constant_result
+def _auto_backend(device: torch.device, dtype: torch.dtype, m: int, e: int, r: int, mode: str,
+                  compiling: bool) -> str:  # fmt: skip
+    """`backend="auto"`'s choice, made in Python even while torch.compile traces (a constant
+    of the graph, never a device query inside it). The cost model is linear in the batch
+    size but for launches, so the choice is made at the headline batch, 65,536."""
+    return choose_backend(device, dtype, m, e, r, mode, 65_536, compiling)
+
+
 class MoCEmbedding(nn.Module):
     """Drop-in embedding of semantic codes: `forward(codes (*, M)) -> (*, M, embed_dim)`.
 
@@ -107,10 +116,9 @@ class MoCEmbedding(nn.Module):
             return False
         if self.backend == "triton":
             return True
-        return choose_backend(
-            codes.device, self.tables.dtype, self.num_codebooks, self.embed_dim,
-            self.bottleneck if self.fusion != "none" else 1, self.fusion, max(codes.shape[0], 1),
-        ) == "triton"  # fmt: skip
+        r = self.bottleneck if self.fusion != "none" else 1
+        return _auto_backend(codes.device, self.tables.dtype, self.num_codebooks, self.embed_dim,
+                             r, self.fusion, torch.compiler.is_compiling()) == "triton"  # fmt: skip
 
     def forward(self, codes: Tensor) -> Tensor:
         """`codes (*, M)` int64/int32 -> `(*, M, embed_dim)`, like `nn.Embedding`."""
