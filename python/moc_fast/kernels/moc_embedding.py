@@ -465,81 +465,67 @@ def _backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_device(tables=tables, dout=dout, codes=codes, w_down=w_down, w_up=w_up, b_up=b_up,
                   h=h)  # fmt: skip
-    with _device_guard(tables):
-        return _backward_on_device(dout, codes, tables, w_down, w_up, b_up, h, mode, activation)
+    with _device_guard(tables):  # Triton launches on the current CUDA device
+        m, k, e = tables.shape
+        b, me = codes.shape[0], m * e
+        dev, f32 = tables.device, torch.float32
+        fused = mode != "none"
+        r = h.shape[1]
 
+        def empty() -> Tensor:
+            return torch.empty(0, device=dev, dtype=tables.dtype)
 
-def _backward_on_device(
-    dout: Tensor,
-    codes: Tensor,
-    tables: Tensor,
-    w_down: Tensor | None,
-    w_up: Tensor | None,
-    b_up: Tensor | None,
-    h: Tensor,
-    mode: str,
-    activation: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    m, k, e = tables.shape
-    b, me = codes.shape[0], m * e
-    dev, f32 = tables.device, torch.float32
-    fused = mode != "none"
-    r = h.shape[1]
+        if b == 0:
+            dtab = torch.zeros_like(tables)
+            if not fused:
+                return dtab, empty(), empty(), empty(), empty()
+            return (dtab, torch.zeros_like(w_down), torch.zeros(r, device=dev, dtype=w_down.dtype),
+                    torch.zeros_like(w_up), torch.zeros_like(b_up))  # fmt: skip
+        dout = dout.contiguous()
+        configs, prec = launch_configs(m, e, max(r, 1)), _prec(tables.dtype)
+        act_id = ACTIVATIONS.index(activation)
+        key = (m, e, r, tables.dtype, prec, MODES.index(mode), act_id, str(dev))
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        ncol_cb = m * triton.cdiv(e, configs["_up"][0]["BLOCK_E"])  # per-codebook column tiles
 
-    def empty() -> Tensor:
-        return torch.empty(0, device=dev, dtype=tables.dtype)
+        def grid(ncol: int):
+            return lambda c: (triton.cdiv(b, c["BLOCK_B"]) * ncol,)
 
-    if b == 0:
-        dtab = torch.zeros_like(tables)
+        # the table gradient: atomics accumulate here; the deterministic path overwrites it
+        dtab = torch.zeros(m, k, e, device=dev, dtype=f32)
+        accumulated = None if deterministic else dtab  # what tuning must leave as it found
+        de_direct, du, dh = dout, dout, None  # "none" and "residual": dE_direct = du = dout
+        if mode == "gate":
+            du = torch.empty(b, me, device=dev, dtype=f32)
+            # atomics: dE_direct goes straight into dtab, never to HBM
+            de_direct = torch.empty(b, me, device=dev, dtype=f32) if deterministic else du
+            _launch("_bwd_gate", _k._bwd_gate, grid(ncol_cb),
+                    (codes, tables, h, w_up, b_up, dout, du, de_direct, dtab, b, k, m, e, r,
+                     ncol_cb), configs["_bwd_gate"], (*key, deterministic), restore=accumulated,
+                    ACT=act_id, ATOMIC=not deterministic, PREC=prec)  # fmt: skip
+        if fused:
+            du = du.reshape(b, me)
+            dh = torch.empty(b, r, device=dev, dtype=f32)
+            ncol = triton.cdiv(r, configs["_bwd_dh"][0]["BLOCK_N"])
+            _launch("_bwd_dh", _k._bwd_dh, grid(ncol), (du, w_up, h, dh, b, me, r, ncol),
+                    configs["_bwd_dh"], key, ACT=act_id, PREC=prec)  # fmt: skip
+        de = dtab if not deterministic else torch.empty(b, me, device=dev, dtype=f32)
+        _launch("_bwd_de", _k._bwd_de, grid(ncol_cb),
+                (codes, dh if fused else tables, w_down if fused else tables, de_direct, dtab, de,
+                 b, k, m, e, max(r, 1), ncol_cb),
+                configs["_bwd_de"], (*key, deterministic), restore=accumulated,
+                FUSED=fused, ATOMIC=not deterministic,
+                DIRECT=not (mode == "gate" and not deterministic), PREC=prec)  # fmt: skip
+        if deterministic:
+            dtab = _table_grad_sorted(de, codes, k, e, configs["_segment_sum"][0])
+        dtab = dtab.to(tables.dtype)
         if not fused:
             return dtab, empty(), empty(), empty(), empty()
-        return (dtab, torch.zeros_like(w_down), torch.zeros(r, device=dev, dtype=w_down.dtype),
-                torch.zeros_like(w_up), torch.zeros_like(b_up))  # fmt: skip
-    dout = dout.contiguous()
-    configs, prec = launch_configs(m, e, max(r, 1)), _prec(tables.dtype)
-    act_id = ACTIVATIONS.index(activation)
-    key = (m, e, r, tables.dtype, prec, MODES.index(mode), act_id, str(dev))
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    ncol_cb = m * triton.cdiv(e, configs["_up"][0]["BLOCK_E"])  # per-codebook column tiles
-
-    def grid(ncol: int):
-        return lambda c: (triton.cdiv(b, c["BLOCK_B"]) * ncol,)
-
-    # the table gradient: atomics accumulate here; the deterministic path overwrites it
-    dtab = torch.zeros(m, k, e, device=dev, dtype=f32)
-    accumulated = None if deterministic else dtab  # what tuning must leave as it found
-    de_direct, du, dh = dout, dout, None  # "none" and "residual": dE_direct = du = dout
-    if mode == "gate":
-        du = torch.empty(b, me, device=dev, dtype=f32)
-        # atomics: dE_direct goes straight into dtab, never to HBM
-        de_direct = torch.empty(b, me, device=dev, dtype=f32) if deterministic else du
-        _launch("_bwd_gate", _k._bwd_gate, grid(ncol_cb),
-                (codes, tables, h, w_up, b_up, dout, du, de_direct, dtab, b, k, m, e, r,
-                 ncol_cb), configs["_bwd_gate"], (*key, deterministic), restore=accumulated,
-                ACT=act_id, ATOMIC=not deterministic, PREC=prec)  # fmt: skip
-    if fused:
-        du = du.reshape(b, me)
-        dh = torch.empty(b, r, device=dev, dtype=f32)
-        ncol = triton.cdiv(r, configs["_bwd_dh"][0]["BLOCK_N"])
-        _launch("_bwd_dh", _k._bwd_dh, grid(ncol), (du, w_up, h, dh, b, me, r, ncol),
-                configs["_bwd_dh"], key, ACT=act_id, PREC=prec)  # fmt: skip
-    de = dtab if not deterministic else torch.empty(b, me, device=dev, dtype=f32)
-    _launch("_bwd_de", _k._bwd_de, grid(ncol_cb),
-            (codes, dh if fused else tables, w_down if fused else tables, de_direct, dtab, de,
-             b, k, m, e, max(r, 1), ncol_cb),
-            configs["_bwd_de"], (*key, deterministic), restore=accumulated,
-            FUSED=fused, ATOMIC=not deterministic,
-            DIRECT=not (mode == "gate" and not deterministic), PREC=prec)  # fmt: skip
-    if deterministic:
-        dtab = _table_grad_sorted(de, codes, k, e, configs["_segment_sum"][0])
-    dtab = dtab.to(tables.dtype)
-    if not fused:
-        return dtab, empty(), empty(), empty(), empty()
-    dwd, dbd = _wgrad(tables, codes, dh, me, True, act_id, configs["_wgrad_down"][0], k, m, e,
-                      prec)  # fmt: skip
-    dwu, dbu = _wgrad(h, codes, du, r, False, act_id, configs["_wgrad_up"][0], k, m, e, prec)
-    wdt = w_down.dtype
-    return dtab, dwd.to(wdt), dbd.to(wdt), dwu.to(w_up.dtype), dbu.to(b_up.dtype)
+        dwd, dbd = _wgrad(tables, codes, dh, me, True, act_id, configs["_wgrad_down"][0], k, m, e,
+                          prec)  # fmt: skip
+        dwu, dbu = _wgrad(h, codes, du, r, False, act_id, configs["_wgrad_up"][0], k, m, e, prec)
+        wdt = w_down.dtype
+        return dtab, dwd.to(wdt), dbd.to(wdt), dwu.to(w_up.dtype), dbu.to(b_up.dtype)
 
 
 # ---------------------------------------------------------------- the torch ops
