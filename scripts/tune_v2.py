@@ -24,7 +24,7 @@ DATA = ROOT.parent / "shared" / "data" / "amazon2014"
 OUT = ROOT / "docs" / "results" / "v2"
 DATASETS = ["beauty", "toys"]
 ARMS = [("id-only", 1), ("text-mlp", 1), ("codes-text", 7), ("rqvae", 7), ("moc-residual", 1),
-        ("moc-residual", 3), ("moc-residual", 7)]  # fmt: skip
+        ("moc-residual", 3), ("moc-residual", 7), ("codes-only", 7)]  # fmt: skip
 GRID = [1e-5, 1e-4, 1e-3]
 EPOCHS, LONG_EPOCHS, SEEDS = 30, 45, list(range(8))
 COLUMNS = ["dataset", "method", "scale", "embedding_l2", "val_auc", "best_epoch", "epochs",
@@ -94,7 +94,7 @@ def write_configs() -> None:
         methods = sorted({m for m, _ in ARMS}, key=[m for m, _ in ARMS].index)
         cfg = {**BASE, "datasets": [f"../shared/data/amazon2014/{dataset}"], "methods": methods,
                "scales": [1, 3, 7], "backbones": ["deepfm", "dcnv2"], "seeds": SEEDS,
-               "scales_by": {"rqvae": [7], "codes-text": [7]},
+               "scales_by": {"rqvae": [7], "codes-text": [7], "codes-only": [7]},
                "ranking_negatives": 99, "save_predictions": True,
                "embedding_l2_by": l2, "epochs_by": epochs,
                "out": f"docs/results/v2/{dataset}"}  # fmt: skip

@@ -192,7 +192,7 @@ def test_v2_cell_reports_ranking_and_item_bytes_and_codes_text_uses_both(cache):
     n, e = ds.data.num_items, cfg.embed_dim
     rows = {}
     for method, scale in [("id-only", 1), ("moc-residual", 3), ("codes-text", 3),
-                          ("popularity", 1)]:  # fmt: skip
+                          ("codes-only", 3), ("popularity", 1)]:  # fmt: skip
         rows[method], model = train_cell(ds, method, scale, "-" if method == "popularity"
                                          else "deepfm", 1)  # fmt: skip
         hr, ndcg = rows[method]["hr_10"], rows[method]["ndcg_10"]
@@ -206,6 +206,8 @@ def test_v2_cell_reports_ranking_and_item_bytes_and_codes_text_uses_both(cache):
     fusion_params = (3 * e) * (3 * e // 2) * 2 + (3 * e // 2) + 3 * e
     assert codes_bytes == 3 * k * e * 4 + fusion_params * 4 + n * 3  # 1 byte per code
     assert rows["codes-text"]["item_bytes"] > rows["moc-residual"]["item_bytes"]
+    # codes-only: the codes replace the item table (one row of e floats is left)
+    assert rows["codes-only"]["item_bytes"] == codes_bytes + e * 4
 
 
 def test_per_method_settings_and_mes_per_set_penalty():

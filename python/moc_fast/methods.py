@@ -2,7 +2,9 @@
 
 A method is how items enter the CTR model: not at all (`popularity`), as ids (`id-only`, `me`),
 as a dense text embedding (`text-mlp`), as semantic codes from an indexer family, or as both
-text and MoC codes (`codes-text`: text-MLP's item vector plus MoC-residual's code fields).
+text and MoC codes (`codes-text`: text-MLP's item vector plus MoC-residual's code fields), or
+as MoC codes instead of the item ID (`codes-only`: MoC-residual with no item-ID table, what
+a production system that replaces its item table with semantic IDs deploys).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ METHODS = (
     "kmeans",
     "rq-kmeans",
     "codes-text",
+    "codes-only",
 )
 ALIASES = {"moc": "moc-gate"}
 # Methods whose representation grows with the scale s (s sets, levels or codebooks).
-SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual", "rq-kmeans", "codes-text")
+SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual", "rq-kmeans", "codes-text",
+          "codes-only")  # fmt: skip
 # Methods that read semantic codes, and the indexer family that makes them.
 FAMILY = {
     "rqvae": "rqvae",
@@ -32,6 +36,7 @@ FAMILY = {
     "kmeans": "kmeans",
     "rq-kmeans": "rq-kmeans",
     "codes-text": "moc",
+    "codes-only": "moc",
 }
 
 
@@ -47,6 +52,6 @@ def canonical(method: str) -> str:
 
 def fusion(method: str) -> str:
     """The MoCEmbedding fusion a code method uses (`none` for RQ-VAE and k-means codes)."""
-    if method == "codes-text":
+    if method in ("codes-text", "codes-only"):
         return "residual"
     return method.removeprefix("moc-") if FAMILY.get(method) == "moc" else "none"

@@ -334,12 +334,18 @@ def build_indexer(family: str, scale: int, codebook_size: int, seed: int = 0):
     raise ValueError(f"unknown indexer family {family!r}: expected one of {families}")
 
 
-def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None):
+def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None, item_id: bool = True):
+    """A split with each sample's item codes and text joined; without `item_id` every item ID
+    is 0 (a one-row item table: `codes-only`)."""
     from moc_fast.train import CTRData
 
     items = part.extra["items"]
+    x = part.x
+    if not item_id:
+        x = x.clone()
+        x[:, 1] = 0
     return CTRData(
-        part.x,
+        x,
         part.y,
         None if codes is None else torch.from_numpy(codes)[items],
         None if dense is None else torch.from_numpy(dense)[items],
@@ -405,8 +411,9 @@ def train_cell(
         )
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row, None
+    item_id = method != "codes-only"  # codes-only: the codes replace the item-ID table
     model_cfg: dict[str, Any] = {
-        "field_dims": sp.field_dims,
+        "field_dims": sp.field_dims if item_id else [sp.field_dims[0], 1, *sp.field_dims[2:]],
         "embed_dim": cfg.embed_dim,
         "backbone": backbone,
         "backbone_kwargs": {"dropout": cfg.dropout},
@@ -443,7 +450,7 @@ def train_cell(
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG untouched
         torch.manual_seed(seed)
         model = CTRModel.from_config(model_cfg)
-    train, val, test = (_with_items(p, codes, dense) for p in (sp.train, sp.val, sp.test))
+    train, val, test = (_with_items(p, codes, dense, item_id) for p in (sp.train, sp.val, sp.test))
     hist = fit_ctr(
         model,
         train,
@@ -463,7 +470,7 @@ def train_cell(
     probs = predict(model, test)
     if cfg.ranking_negatives:
         cand = ds.ranking_for(seed)
-        scores = predict(model, _with_items(cand, codes, dense))
+        scores = predict(model, _with_items(cand, codes, dense, item_id))
         row.update(hit_ndcg_at_k(scores.reshape(-1, cfg.ranking_negatives + 1), 10))
     row["item_bytes"] = item_side_bytes(model, codes, dense)
     res = score_predictions(test.y.numpy(), probs)
