@@ -119,13 +119,14 @@ def hit_ndcg_at_k(scores: np.ndarray, k: int = 10) -> dict[str, float]:
     """HR@k and NDCG@k of the positive in column 0 of `scores` (users, 1 + negatives). Ties
     count against the positive (a constant scorer ranks it last), so no model gains from
     them."""
+    from moc_fast.retrieval.metrics import metrics_from_ranks
+
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"scores must be (users, 1 + negatives), got shape {scores.shape}")
     rank = (scores[:, 1:] >= scores[:, :1]).sum(1)  # 0 = ranked first
-    hit = rank < k
-    ndcg = np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
-    return {f"hr_{k}": float(hit.mean()), f"ndcg_{k}": float(ndcg.mean())}
+    m = metrics_from_ranks(rank, (k,))
+    return {f"hr_{k}": m[f"recall@{k}"], f"ndcg_{k}": m[f"ndcg@{k}"]}
 
 
 def items_by_training_count(splits_train: CTRData, num_items: int) -> np.ndarray:
