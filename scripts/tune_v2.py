@@ -7,7 +7,8 @@ dataset on validation AUC, seed 0, DeepFM; then the v2 run configs with the choi
 Each tuning cell appends a row to docs/results/v2/tuning/<dataset>.csv (λ, validation AUC,
 best epoch; test columns are not written, so no choice can read them). The choice: the λ
 with the highest validation AUC, ties to the smaller λ; where the smallest grid value wins, λ
-= 0 is tried too. An arm whose chosen cell peaked in the last 3 of its epochs gets 45 epochs
+= 0 is tried too; where the largest tried value wins, the next one up (×10, to 1e-1; PLAN.md
+amendment A2). An arm whose chosen cell peaked in the last 3 of its epochs gets 45 epochs
 for all its v2 cells.
 """
 
@@ -26,6 +27,7 @@ DATASETS = ["beauty", "toys"]
 ARMS = [("id-only", 1), ("text-mlp", 1), ("codes-text", 7), ("rqvae", 7), ("moc-residual", 1),
         ("moc-residual", 3), ("moc-residual", 7), ("codes-only", 7)]  # fmt: skip
 GRID = [1e-5, 1e-4, 1e-3]
+LADDER = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # A2: the grid extends upward to 1e-1
 EPOCHS, LONG_EPOCHS, SEEDS = 30, 45, list(range(8))
 COLUMNS = ["dataset", "method", "scale", "embedding_l2", "val_auc", "best_epoch", "epochs",
            "seconds"]  # fmt: skip
@@ -35,14 +37,21 @@ BASE = dict(embed_dim=16, epochs=EPOCHS, patience=3, min_epochs=10, batch_size=4
 
 
 def tuning_cells(rows: list[dict]) -> list[tuple[str, int, float]]:
-    """The (method, scale, λ) cells still to run for one dataset's rows, in order: the grid,
-    then λ = 0 for arms whose best grid value is the smallest."""
-    done = {(r["method"], int(r["scale"]), float(r["embedding_l2"])) for r in rows}
-    todo = [(m, s, lam) for m, s in ARMS for lam in GRID if (m, s, lam) not in done]
-    if todo:
-        return todo
+    """The (method, scale, λ) cells still to run for one dataset's rows, arm by arm: the grid,
+    then, while an arm's best λ is the largest it tried, the next value up the ladder (to
+    1e-1, amendment A2), or λ = 0 where its best is the smallest grid value."""
+    todo = []
     for m, s in ARMS:
-        if choose(rows, m, s)[0] == min(GRID) and (m, s, 0.0) not in done:
+        tried = {float(r["embedding_l2"]) for r in rows
+                 if r["method"] == m and int(r["scale"]) == s}  # fmt: skip
+        missing = [(m, s, lam) for lam in GRID if lam not in tried]
+        if missing:
+            todo += missing
+            continue
+        best = choose(rows, m, s)[0]
+        if best == max(tried) and best < LADDER[-1]:
+            todo.append((m, s, LADDER[LADDER.index(best) + 1]))
+        elif best == min(GRID) and 0.0 not in tried:
             todo.append((m, s, 0.0))
     return todo
 

@@ -261,6 +261,14 @@ def test_v2_tuning_chooses_on_validation_with_ties_to_the_smaller_lambda():
     full = [dict(method=m, scale=str(s), embedding_l2=str(lam), val_auc="0.7", best_epoch=12)
             for m, s in tune.ARMS for lam in tune.GRID]  # fmt: skip
     assert {(m, s) for m, s, lam in tune.tuning_cells(full) if lam == 0.0} == set(tune.ARMS)
+    top = [dict(r, val_auc=str(0.7 + float(r["embedding_l2"]))) for r in full]  # largest wins
+    assert set(tune.tuning_cells(top)) == {(m, s, 1e-2) for m, s in tune.ARMS}
+    top += [dict(method="rqvae", scale="7", embedding_l2="0.01", val_auc="0.8", best_epoch=9),
+            dict(method="id-only", scale="1", embedding_l2="0.01", val_auc="0.6", best_epoch=9)]
+    todo = tune.tuning_cells(top)
+    assert ("rqvae", 7, 1e-1) in todo and not any(m == "id-only" for m, _, _ in todo)
+    top.append(dict(method="rqvae", scale="7", embedding_l2="0.1", val_auc="0.9", best_epoch=9))
+    assert not any(m == "rqvae" for m, _, _ in tune.tuning_cells(top))  # the ladder ends at 1e-1
 
 
 def test_saved_predictions_are_the_test_scores_in_test_order(cache, tmp_path):
