@@ -66,3 +66,18 @@ def test_report_lists_every_hypothesis_and_the_exploratory_arms():
                             with_bootstrap=False)
     assert text.count("| H1: ") == 2 and text.count("| H4: ") == 2
     assert "Exploratory" in text and "| beauty | codes-text | 7x |" in text
+
+
+def test_memory_points_are_the_seed_means_and_the_plot_is_written(tmp_path):
+    rows = _rows(range(5))
+    for r in rows:
+        r["item_bytes"] = str(774_000 if r["method"] == "id-only" else 250_000)
+    points = {(m, k): (b, mean, std) for m, k, b, mean, std in analyse.memory_points(rows)}
+    assert set(points) == set(BASE)
+    per_seed = list(analyse.seed_means(rows)[("id-only", 1)].values())
+    b, mean, std = points[("id-only", 1)]
+    assert b == 774_000 and mean == pytest.approx(np.mean(per_seed))
+    assert std == pytest.approx(np.std(per_seed, ddof=1))
+    assert points[("codes-only", 7)][0] == 250_000
+    path = analyse.memory_plot({"beauty": rows, "toys": rows}, tmp_path / "auc_vs_bytes.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
