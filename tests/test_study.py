@@ -202,7 +202,7 @@ def test_v2_cell_reports_ranking_and_item_bytes_and_codes_text_uses_both(cache):
     n, e = ds.data.num_items, cfg.embed_dim
     rows = {}
     for method, scale in [("id-only", 1), ("moc-residual", 3), ("codes-text", 3),
-                          ("codes-only", 3), ("popularity", 1)]:  # fmt: skip
+                          ("codes-only", 3), ("hashed-id", 8), ("popularity", 1)]:  # fmt: skip
         rows[method], model = train_cell(ds, method, scale, "-" if method == "popularity"
                                          else "deepfm", 1)  # fmt: skip
         hr, ndcg = rows[method]["hr_10"], rows[method]["ndcg_10"]
@@ -218,6 +218,22 @@ def test_v2_cell_reports_ranking_and_item_bytes_and_codes_text_uses_both(cache):
     assert rows["codes-text"]["item_bytes"] > rows["moc-residual"]["item_bytes"]
     # codes-only: the codes replace the item table (one row of e floats is left)
     assert rows["codes-only"]["item_bytes"] == codes_bytes + e * 4
+    assert rows["hashed-id"]["item_bytes"] == -(-n // 8) * e * 4  # ⌈N/8⌉ hashed rows
+
+
+def test_hashed_item_ids_fill_the_table_evenly():
+    from moc_fast.study import hash_items, item_table_rows
+
+    n = 12_101
+    rows = item_table_rows("hashed-id", 8, n)
+    assert rows == 1513 and item_table_rows("codes-only", 7, n) == 1
+    assert item_table_rows("moc-residual", 7, n) is None
+    b = hash_items(torch.arange(n), rows).numpy()
+    assert b.min() >= 0 and b.max() < rows
+    counts = np.bincount(b, minlength=rows)
+    assert (counts > 0).mean() > 0.99  # uniform hashing leaves e^-8 of 1513 buckets empty
+    assert counts.max() <= 25  # Poisson(8) tail: P(>= 26) over 1513 buckets is about 1e-4
+    assert (b[1:] != b[:-1]).all()  # neighbouring IDs never share a row
 
 
 def test_per_method_settings_and_mes_per_set_penalty():

@@ -4,7 +4,9 @@ A method is how items enter the CTR model: not at all (`popularity`), as ids (`i
 as a dense text embedding (`text-mlp`), as semantic codes from an indexer family, or as both
 text and MoC codes (`codes-text`: text-MLP's item vector plus MoC-residual's code fields), or
 as MoC codes instead of the item ID (`codes-only`: MoC-residual with no item-ID table, what
-a production system that replaces its item table with semantic IDs deploys).
+a production system that replaces its item table with semantic IDs deploys), or as a
+hashed item ID (`hashed-id`: the hashing trick, scale s = a table of ⌈N/s⌉ rows shared by
+colliding items, the usual way to shrink an item table without semantics).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ METHODS = (
     "rq-kmeans",
     "codes-text",
     "codes-only",
+    "hashed-id",
 )
 ALIASES = {"moc": "moc-gate"}
 # Methods whose representation grows with the scale s (s sets, levels or codebooks).
+# (`hashed-id`'s scale is how many times smaller its table is than the item count.)
 SCALED = ("me", "rqvae", "moc-none", "moc-gate", "moc-residual", "rq-kmeans", "codes-text",
-          "codes-only")  # fmt: skip
+          "codes-only", "hashed-id")  # fmt: skip
 # Methods that read semantic codes, and the indexer family that makes them.
 FAMILY = {
     "rqvae": "rqvae",

@@ -334,16 +334,33 @@ def build_indexer(family: str, scale: int, codebook_size: int, seed: int = 0):
     raise ValueError(f"unknown indexer family {family!r}: expected one of {families}")
 
 
-def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None, item_id: bool = True):
-    """A split with each sample's item codes and text joined; without `item_id` every item ID
-    is 0 (a one-row item table: `codes-only`)."""
+def item_table_rows(method: str, scale: int, num_items: int) -> int | None:
+    """Rows of the item-ID table when a method shrinks it: one row for `codes-only` (the
+    codes replace it), ⌈N/s⌉ hashed rows for `hashed-id` at scale s; None: one row per item."""
+    if method == "codes-only":
+        return 1
+    if method == "hashed-id":
+        return -(-num_items // scale)
+    return None
+
+
+def hash_items(items: torch.Tensor, rows: int) -> torch.Tensor:
+    """The hashing trick's bucket of each item ID: a multiplicative (Knuth) hash mod `rows`,
+    so neighbouring IDs scatter instead of sharing rows in runs."""
+    return (items.to(torch.int64) * 2_654_435_761 % 2**32) % rows
+
+
+def _with_items(part, codes: np.ndarray | None, dense: np.ndarray | None,
+                rows: int | None = None):  # fmt: skip
+    """A split with each sample's item codes and text joined; with `rows`, every item ID is
+    hashed into that many rows (one row: `codes-only`; ⌈N/s⌉: `hashed-id`)."""
     from moc_fast.train import CTRData
 
     items = part.extra["items"]
     x = part.x
-    if not item_id:
+    if rows is not None:
         x = x.clone()
-        x[:, 1] = 0
+        x[:, 1] = hash_items(x[:, 1], rows)
     return CTRData(
         x,
         part.y,
@@ -411,9 +428,10 @@ def train_cell(
         )
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row, None
-    item_id = method != "codes-only"  # codes-only: the codes replace the item-ID table
+    rows = item_table_rows(method, scale, sp.field_dims[1])  # codes-only, hashed-id: fewer rows
     model_cfg: dict[str, Any] = {
-        "field_dims": sp.field_dims if item_id else [sp.field_dims[0], 1, *sp.field_dims[2:]],
+        "field_dims": sp.field_dims if rows is None else [sp.field_dims[0], rows,
+                                                           *sp.field_dims[2:]],  # fmt: skip
         "embed_dim": cfg.embed_dim,
         "backbone": backbone,
         "backbone_kwargs": {"dropout": cfg.dropout},
@@ -450,7 +468,7 @@ def train_cell(
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG untouched
         torch.manual_seed(seed)
         model = CTRModel.from_config(model_cfg)
-    train, val, test = (_with_items(p, codes, dense, item_id) for p in (sp.train, sp.val, sp.test))
+    train, val, test = (_with_items(p, codes, dense, rows) for p in (sp.train, sp.val, sp.test))
     hist = fit_ctr(
         model,
         train,
@@ -470,7 +488,7 @@ def train_cell(
     probs = predict(model, test)
     if cfg.ranking_negatives:
         cand = ds.ranking_for(seed)
-        scores = predict(model, _with_items(cand, codes, dense, item_id))
+        scores = predict(model, _with_items(cand, codes, dense, rows))
         row.update(hit_ndcg_at_k(scores.reshape(-1, cfg.ranking_negatives + 1), 10))
     row["item_bytes"] = item_side_bytes(model, codes, dense)
     res = score_predictions(test.y.numpy(), probs)
