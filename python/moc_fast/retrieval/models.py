@@ -89,15 +89,27 @@ class ParallelDecoder(nn.Module):
     Each history item enters as its code embeddings fused by `MoCEmbedding` (summed over the M
     fused fields), plus an item-ID embedding with `id_embedding`. An item's score is the sum
     of its codes' log-probabilities; top-k over the catalogue is exact (`topk_by_codes`).
-    Items never seen in training still get inputs and scores through their codes."""
+    Items never seen in training still get inputs and scores through their codes.
+
+    `loss`: `codes` trains each head by its own cross-entropy (RPG's multi-token loss: the
+    heads learn the marginals of the next item's codes); `items` is one softmax over the whole
+    catalogue of those same item scores (the per-head normalisers are constant per row and
+    cancel), so training optimises the ranking the model is judged on, at a (B, N) gather-sum
+    per batch. Scores and top-k are the same function of the heads either way."""
+
+    LOSSES = ("codes", "items")
 
     def __init__(self, codes: Tensor, codebook_size: int, dim: int = 64, layers: int = 2,
                  heads: int = 1, dropout: float = 0.3, fusion: str = "gate",
-                 id_embedding: bool = False, max_len: int = MAX_HISTORY) -> None:  # fmt: skip
+                 id_embedding: bool = False, max_len: int = MAX_HISTORY,
+                 loss: str = "codes") -> None:  # fmt: skip
         super().__init__()
         if codes.dim() != 2 or codes.min() < 0 or codes.max() >= codebook_size:
             raise ValueError(f"codes must be (N, M) in [0, {codebook_size}), got "
                              f"{tuple(codes.shape)} in [{codes.min()}, {codes.max()}]")  # fmt: skip
+        if loss not in self.LOSSES:
+            raise ValueError(f"loss must be one of {self.LOSSES}, got {loss!r}")
+        self.loss_kind = loss
         self.num_items, self.num_codebooks = codes.shape
         self.codebook_size = codebook_size
         pad_row = torch.zeros(1, self.num_codebooks, dtype=torch.long)
@@ -146,5 +158,7 @@ class ParallelDecoder(nn.Module):
 
     def loss(self, history: Tensor, target: Tensor) -> Tensor:
         logp = self.log_probs(history)  # (B, M, K)
+        if self.loss_kind == "items":
+            return F.cross_entropy(code_scores(logp, self.codes[: self.num_items]), target)
         want = self.codes[target]  # (B, M)
         return -logp.gather(2, want[..., None]).squeeze(-1).sum(1).mean()

@@ -51,6 +51,7 @@ class RetrievalConfig:
     heads: int = 1
     dropout: float = 0.3
     id_embedding: bool = False  # the parallel decoder's inputs: codes, plus an item-ID table
+    parallel_loss: str = "codes"  # the parallel decoder's loss: per-code heads, or "items"
     tiger_dim: int = 64
     tiger_layers: int = 2
     tiger_heads: int = 2
@@ -73,6 +74,8 @@ class RetrievalConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown retrieval method(s) {unknown}; known: {list(METHODS)}")
+        if self.parallel_loss not in ("codes", "items"):
+            raise ValueError(f"parallel_loss must be 'codes' or 'items', got {self.parallel_loss!r}")
         if not 0.0 <= self.cold_share < 1.0:
             raise ValueError(f"cold_share must be in [0, 1), got {self.cold_share}")
 
@@ -141,7 +144,8 @@ def build_model(ds: Dataset, method: str, scale: int, seed: int):
         k = int(codes.max()) + 1
         torch.manual_seed(seed)
         model = ParallelDecoder(torch.as_tensor(codes), k, c.dim, c.layers, c.heads, c.dropout,
-                                id_embedding=c.id_embedding or family == "kmeans")  # fmt: skip
+                                id_embedding=c.id_embedding or family == "kmeans",
+                                loss=c.parallel_loss)  # fmt: skip
         return model, metrics["collision_rate"]
     if method == "tiger-rqvae":
         codes, metrics = ds.codes("rqvae", scale, seed)  # levels + the collision suffix
