@@ -75,7 +75,9 @@ class RetrievalConfig:
         if unknown:
             raise ValueError(f"unknown retrieval method(s) {unknown}; known: {list(METHODS)}")
         if self.parallel_loss not in ("codes", "items"):
-            raise ValueError(f"parallel_loss must be 'codes' or 'items', got {self.parallel_loss!r}")
+            raise ValueError(
+                f"parallel_loss must be 'codes' or 'items', got {self.parallel_loss!r}"
+            )
         if not 0.0 <= self.cold_share < 1.0:
             raise ValueError(f"cold_share must be in [0, 1), got {self.cold_share}")
 
