@@ -3,6 +3,8 @@
     python benches/engine_fair.py                 # prints the tables, rewrites RESULTS.md's
                                                   # engine section (between its markers)
     python benches/engine_fair.py --no-write      # print only
+    python benches/engine_fair.py --kernels avx2 --shapes 32x256,4096x256 --threads 1 \
+        --rounds 7 --assign-only                  # one focused check, printed, never written
 
 - Every kernel this CPU runs (`moc_fast.available_kernels()`, forced with `MOC_FAST_KERNEL`)
   is measured against FAISS at the matching SIMD level: `FAISS_SIMD_LEVEL` sets the level of
@@ -253,13 +255,17 @@ def commit() -> str:
         return "?"
 
 
-def measure(thread_counts: list[int], rounds: int = 3, log=print) -> str:
-    """Every kernel against FAISS at its level; torch and numpy against the default kernel.
-    `assign` (and the roof) run every worker `rounds` times, interleaved, and keep each one's
-    best: on a shared VM a noisy window then costs one library one round, not the comparison."""
+def measure(thread_counts: list[int], rounds: int = 3, log=print, only: list[str] | None = None,
+            shapes: list[tuple[int, int]] | None = None, assign_only: bool = False) -> str:
+    """Every kernel (or those in `only`) against FAISS at its level; torch and numpy against
+    the default kernel. `assign` (and the roof) run every worker `rounds` times, interleaved,
+    and keep each one's best: on a shared VM a noisy window then costs one library one round,
+    not the comparison."""
     import moc_fast as mf
 
-    kernels = [k for k in mf.available_kernels() if k in LEVELS]
+    kernels = [k for k in mf.available_kernels() if k in LEVELS and (not only or k in only)]
+    if not kernels:
+        raise SystemExit(f"--kernels {only}: this CPU runs {mf.available_kernels()}")
     best = kernels[0]
     lines = [
         f"`python benches/engine_fair.py` on {machine()}, {date.today().isoformat()}, commit "
@@ -285,7 +291,7 @@ def measure(thread_counts: list[int], rounds: int = 3, log=print) -> str:
                   "| (D, K) | N | library | level | best s | other / moc_fast at its level "
                   "| GFLOP/s | % of level's roof | codes within tie of moc_fast |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for d, k in SHAPES:
+        for d, k in shapes or SHAPES:
             n = rows_for(d)
             x, c = data(n, d, k)
             runs = [(kn, "moc_fast") for kn in kernels] + [(kn, "faiss") for kn in kernels]
@@ -309,6 +315,8 @@ def measure(thread_counts: list[int], rounds: int = 3, log=print) -> str:
                              f"{pct:.0f}%{flag} | {agree:.5f} |")  # fmt: skip
                 log(lines[-1])
         lines.append("")
+        if assign_only:
+            continue
         lines += [f"### MoC encode search (assign_multi: M = {MOC_ENCODE['m']}, d = "
                   f"{MOC_ENCODE['d']}, K = {MOC_ENCODE['k']}, N = {MOC_ENCODE['n']:,}), "
                   f"{threads} thread{plural}", "",
@@ -368,15 +376,25 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="file to update")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of assign")
+    parser.add_argument("--kernels", help="comma-separated kernels to measure (default: all)")
+    parser.add_argument("--shapes", help="comma-separated DxK shapes (default: all)")
+    parser.add_argument("--threads", help="comma-separated thread counts (default: 1 and all)")
+    parser.add_argument("--assign-only", action="store_true", help="skip encode and k-means")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     if "torch" in sys.modules or "faiss" in sys.modules:
         raise SystemExit("the parent must not import torch or faiss")
-    section = measure(sorted({1, os.cpu_count() or 1}), rounds=args.rounds)
+    threads = ([int(t) for t in args.threads.split(",")] if args.threads
+               else sorted({1, os.cpu_count() or 1}))  # fmt: skip
+    shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+              if args.shapes else None)  # fmt: skip
+    focused = bool(args.kernels or args.shapes or args.threads or args.assign_only)
+    section = measure(threads, rounds=args.rounds, only=args.kernels and args.kernels.split(","),
+                      shapes=shapes, assign_only=args.assign_only)  # fmt: skip
     print(section)
-    if not args.no_write:
+    if not args.no_write and not focused:  # a focused check never replaces the full tables
         splice(Path(args.results), section)
     return 0
 
