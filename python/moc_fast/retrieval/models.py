@@ -133,6 +133,18 @@ class ParallelDecoder(nn.Module):
             x = x + self.ids(item)
         return self.encoder(x, pad)
 
+    def _item_logits(self, state: Tensor) -> Tensor:
+        """`(B, N)`: each item's summed code logits, `state · Σ_m W_m[c_m] + Σ_m b_m[c_m]`,
+        the item scores up to a per-row constant (the heads' normalisers). Built as one GEMM
+        against the (N, dim) sums of the items' head rows: the same numbers as gathering from
+        the (B, M, K) logits, without a (B, N) gather-sum and its scatter in the backward."""
+        m, k = self.num_codebooks, self.codebook_size
+        offsets = torch.arange(m, device=state.device) * k
+        flat = self.codes[: self.num_items] + offsets  # (N, M) rows of the stacked heads
+        weight = F.embedding(flat, self.heads.weight).sum(1)  # (N, dim)
+        bias = self.heads.bias[flat].sum(1)  # (N,)
+        return torch.addmm(bias, state, weight.T)
+
     def log_probs(self, history: Tensor) -> Tensor:
         """`(B, M, K)` log-probabilities of the next item's codes."""
         logits = self.heads(self._state(history))
@@ -157,8 +169,8 @@ class ParallelDecoder(nn.Module):
         return torch.from_numpy(items), torch.from_numpy(scores)
 
     def loss(self, history: Tensor, target: Tensor) -> Tensor:
-        logp = self.log_probs(history)  # (B, M, K)
         if self.loss_kind == "items":
-            return F.cross_entropy(code_scores(logp, self.codes[: self.num_items]), target)
+            return F.cross_entropy(self._item_logits(self._state(history)), target)
+        logp = self.log_probs(history)  # (B, M, K)
         want = self.codes[target]  # (B, M)
         return -logp.gather(2, want[..., None]).squeeze(-1).sum(1).mean()
