@@ -58,25 +58,32 @@ impl Ord for Cand {
 
 /// A code table element: any unsigned or signed integer the caller stores codes in.
 pub trait Code: Copy + Send + Sync {
+    /// One past the largest index the type can hold: codes need no range check when the
+    /// codebook is at least this large (u8 codes with K = 256).
+    const LIMIT: usize;
     /// The code as an index, or None where it is negative.
     fn index(self) -> Option<usize>;
 }
 impl Code for u8 {
+    const LIMIT: usize = 1 << 8;
     fn index(self) -> Option<usize> {
         Some(self as usize)
     }
 }
 impl Code for u16 {
+    const LIMIT: usize = 1 << 16;
     fn index(self) -> Option<usize> {
         Some(self as usize)
     }
 }
 impl Code for i32 {
+    const LIMIT: usize = usize::MAX;
     fn index(self) -> Option<usize> {
         usize::try_from(self).ok()
     }
 }
 impl Code for i64 {
+    const LIMIT: usize = usize::MAX;
     fn index(self) -> Option<usize> {
         usize::try_from(self).ok()
     }
@@ -112,7 +119,15 @@ pub fn topk_codes<C: Code>(
         codes
             .par_chunks(CHUNK * m)
             .enumerate()
-            .map(|(ci, chunk)| chunk_topk(logp, b, m, kk, chunk, ci * CHUNK, k))
+            // Each worker carries its heaps (and so its floor) from chunk to chunk: a fresh
+            // heap per chunk would start every chunk at -inf and let most of it in.
+            .try_fold(
+                || vec![BinaryHeap::with_capacity(k + 1); b],
+                |mut heaps, (ci, chunk)| {
+                    chunk_topk(&mut heaps, logp, m, kk, chunk, ci * CHUNK, k)?;
+                    Ok::<_, Error>(heaps)
+                },
+            )
             .try_reduce(|| vec![BinaryHeap::new(); b], |mut acc, other| {
                 for (h, o) in acc.iter_mut().zip(other) {
                     for c in o {
@@ -142,33 +157,36 @@ fn push(heap: &mut BinaryHeap<Cand>, c: Cand, k: usize) {
     }
 }
 
-/// The k best of one chunk of items (first item `first`), per query row.
+/// Fold one chunk of items (first item `first`) into the k best kept so far, per query row.
 fn chunk_topk<C: Code>(
+    heaps: &mut [BinaryHeap<Cand>],
     logp: &[f32],
-    b: usize,
     m: usize,
     kk: usize,
     chunk: &[C],
     first: usize,
     k: usize,
-) -> Result<Vec<BinaryHeap<Cand>>> {
-    if let Some(i) = chunk.iter().position(|&c| c.index().is_none_or(|v| v >= kk)) {
-        return Err(Error::value(format!(
-            "codes must lie in [0, {kk}): item {} codebook {} is out of range",
-            first + i / m,
-            i % m
-        )));
+) -> Result<()> {
+    if C::LIMIT > kk {
+        if let Some(i) = chunk.iter().position(|&c| c.index().is_none_or(|v| v >= kk)) {
+            return Err(Error::value(format!(
+                "codes must lie in [0, {kk}): item {} codebook {} is out of range",
+                first + i / m,
+                i % m
+            )));
+        }
     }
-    let mut heaps = vec![BinaryHeap::with_capacity(k + 1); b];
     for (q, heap) in heaps.iter_mut().enumerate() {
         let lp = &logp[q * m * kk..(q + 1) * m * kk];
         // Once k are kept, an item scoring below the worst kept can never enter: skip the
-        // heap for it (most items, for k much smaller than the chunk).
-        let mut floor = f32::NEG_INFINITY;
+        // heap for it (nearly every item: the heaps, and so the floor, come from the chunks
+        // this worker has already seen).
+        let full = heap.len() == k;
+        let mut floor = if full { heap.peek().map_or(f32::NEG_INFINITY, |w| w.score) } else { f32::NEG_INFINITY };
         for (r, row) in chunk.chunks_exact(m).enumerate() {
             let mut s = 0f32;
             for (j, &c) in row.iter().enumerate() {
-                // in range: checked above for the whole chunk
+                // in range: checked above for the whole chunk, or by the code type
                 s += lp[j * kk + c.index().unwrap_or(0)];
             }
             if s < floor {
@@ -180,7 +198,7 @@ fn chunk_topk<C: Code>(
             }
         }
     }
-    Ok(heaps)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,6 +240,36 @@ mod tests {
                 let (items, scores) = topk_codes(&logp, b, m, kk, &codes, n, k, threads).unwrap();
                 let got: Vec<(i64, f32)> = items.into_iter().zip(scores).collect();
                 assert_eq!(got, want, "b={b} m={m} kk={kk} n={n} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn exact_for_peaked_rounding_and_infinite_log_probabilities() {
+        // Peaked rows (what a trained decoder gives: the floor rises fast), rows of huge and
+        // tiny terms where rounding decides near the floor, and rows with -inf and +inf terms;
+        // 60,000 items span several chunks, each worker's floor carried across them.
+        let mut s = 11u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as usize
+        };
+        let (m, kk, n) = (7, 256, 60_000);
+        let codes: Vec<u8> = (0..n * m).map(|_| (next() % kk) as u8).collect();
+        let peaked: Vec<f32> = (0..m * kk).map(|i| if i % 37 == 0 { -0.1 } else { -9.0 - (i % 5) as f32 }).collect();
+        let rounding: Vec<f32> = (0..m * kk).map(|i| if i % 3 == 0 { 1.0e7 } else { (i % 7) as f32 * 0.3 }).collect();
+        let mut infinite = peaked.clone();
+        infinite[5] = f32::NEG_INFINITY;
+        infinite[3 * kk + 9] = f32::INFINITY;
+        let mut all_neg_inf = peaked.clone();
+        all_neg_inf[6 * kk..].fill(f32::NEG_INFINITY);
+        for (name, logp) in [("peaked", peaked), ("rounding", rounding), ("inf", infinite), ("-inf row", all_neg_inf)] {
+            let codes16: Vec<u16> = codes.iter().map(|&c| c as u16).collect();
+            for k in [1, 10, 500] {
+                let want = brute(&logp, 1, m, kk, &codes16, k);
+                let (items, scores) = topk_codes(&logp, 1, m, kk, &codes, n, k, 2).unwrap();
+                let got: Vec<(i64, f32)> = items.into_iter().zip(scores).collect();
+                assert_eq!(got, want, "{name} k={k}");
             }
         }
     }

@@ -438,16 +438,20 @@ mod tests {
 
     #[test]
     fn argmin_breaks_ties_to_lowest_index() {
-        // All inner products are 0, so the value is the bias: three codes tie at -1.
+        // All inner products are 0, so the value is the bias: the codes of each set tie at -1
+        // (within a lane, across lanes, and a code j against j + 8, which AVX2 pairs up).
         let (a, b) = (vec![0f32; MR], vec![0f32; NR]);
-        let mut bias = vec![1.0f32; NR];
-        for j in [29, 17, 21] {
-            bias[j] = -1.0;
-        }
-        for isa in Isa::available() {
-            let (_, f, r) = isa.kernels(ROWS);
-            let got = run_argmin(f, r, 1, &a, &b, &bias);
-            assert!(got.iter().all(|&g| g == (64 + 17, -1.0)), "{isa:?}: {got:?}");
+        for ties in [&[29, 17, 21][..], &[29, 21], &[25, 9], &[24, 8, 16], &[31, 7], &[15, 23, 31]] {
+            let mut bias = vec![1.0f32; NR];
+            for &j in ties {
+                bias[j] = -1.0;
+            }
+            let want = 64 + *ties.iter().min().unwrap();
+            for isa in Isa::available() {
+                let (_, f, r) = isa.kernels(ROWS);
+                let got = run_argmin(f, r, 1, &a, &b, &bias);
+                assert!(got.iter().all(|&g| g == (want, -1.0)), "{isa:?} {ties:?}: {got:?}");
+            }
         }
     }
 }
