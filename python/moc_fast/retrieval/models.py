@@ -94,8 +94,9 @@ class ParallelDecoder(nn.Module):
     `loss`: `codes` trains each head by its own cross-entropy (RPG's multi-token loss: the
     heads learn the marginals of the next item's codes); `items` is one softmax over the whole
     catalogue of those same item scores (the per-head normalisers are constant per row and
-    cancel), so training optimises the ranking the model is judged on, at a (B, N) gather-sum
-    per batch. Scores and top-k are the same function of the heads either way."""
+    cancel), so training optimises the ranking the model is judged on, at the cost of a
+    (B, N) logit matrix per batch (`_item_logits`). Scores and top-k are the same function of
+    the heads either way."""
 
     LOSSES = ("codes", "items")
 
