@@ -205,6 +205,14 @@ fn chunk_topk<C: Code>(
 mod tests {
     use super::*;
 
+    /// A seeded stream of pseudo-random integers (a 64-bit LCG's high bits).
+    fn lcg(mut s: u64) -> impl FnMut() -> usize {
+        move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as usize
+        }
+    }
+
     fn brute(logp: &[f32], b: usize, m: usize, kk: usize, codes: &[u16], k: usize) -> Vec<(i64, f32)> {
         let n = codes.len() / m;
         let mut out = vec![];
@@ -226,11 +234,7 @@ mod tests {
 
     #[test]
     fn equals_a_full_sort_with_ties_to_the_lower_index() {
-        let mut s = 7u64;
-        let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 33) as usize
-        };
+        let mut next = lcg(7);
         for &(b, m, kk, n, k) in &[(1, 1, 3, 1, 5), (2, 3, 4, 200_000, 17), (3, 2, 2, 1000, 1000), (1, 4, 256, 70_001, 10)] {
             // few distinct codes and coarse log-probabilities: many exact ties
             let logp: Vec<f32> = (0..b * m * kk).map(|_| -((next() % 8) as f32) * 0.25).collect();
@@ -249,11 +253,7 @@ mod tests {
         // Peaked rows (what a trained decoder gives: the floor rises fast), rows of huge and
         // tiny terms where rounding decides near the floor, and rows with -inf and +inf terms;
         // 60,000 items span several chunks, each worker's floor carried across them.
-        let mut s = 11u64;
-        let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 33) as usize
-        };
+        let mut next = lcg(11);
         let (m, kk, n) = (7, 256, 60_000);
         let codes: Vec<u8> = (0..n * m).map(|_| (next() % kk) as u8).collect();
         let peaked: Vec<f32> = (0..m * kk).map(|i| if i % 37 == 0 { -0.1 } else { -9.0 - (i % 5) as f32 }).collect();
