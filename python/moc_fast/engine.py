@@ -232,7 +232,9 @@ def topk_codes(
     `Σ_m logp[b, m, codes[n, m]]` (summed in code order) for each query row b of `logp (B, M, K)`.
     `codes (N, M)` may be uint8/uint16/int32/int64 (ItemCodes' compact dtypes are read as
     they are). Returns items `(B, min(k, N))` int64 and their scores, best first; ties go to
-    the lower item index, so the result does not depend on the thread count."""
+    the lower item index, so the result does not depend on the thread count. `logp` may hold
+    -inf (an impossible code) but not NaN or +inf, which would make NaN scores whose rank
+    differs between CPUs."""
     lp = _floats("logp", logp, 3)
     arr = _to_numpy("codes", codes)
     if arr.ndim != 2:

@@ -111,8 +111,10 @@ pub fn topk_codes<C: Code>(
     if codes.len() != crate::size::mul("codes", n, m)? {
         return Err(Error::value(format!("codes must be (N, M = {m}), got {} values for N = {n}", codes.len())));
     }
-    if logp.iter().any(|v| v.is_nan()) {
-        return Err(Error::value("logp must not hold NaN"));
+    // +inf is refused with NaN: an item with a +inf and a -inf term would score NaN, whose
+    // sign (and so whether it ranks first or last) differs between x86 and aarch64.
+    if logp.iter().any(|v| v.is_nan() || *v == f32::INFINITY) {
+        return Err(Error::value("logp must not hold NaN or +inf (log-probabilities or logits are < +inf)"));
     }
     let k = k.min(n);
     let heaps = parallel::run(threads, || {
@@ -251,7 +253,7 @@ mod tests {
     #[test]
     fn exact_for_peaked_rounding_and_infinite_log_probabilities() {
         // Peaked rows (what a trained decoder gives: the floor rises fast), rows of huge and
-        // tiny terms where rounding decides near the floor, and rows with -inf and +inf terms;
+        // tiny terms where rounding decides near the floor, and rows with -inf terms;
         // 60,000 items span several chunks, each worker's floor carried across them.
         let mut next = lcg(11);
         let (m, kk, n) = (7, 256, 60_000);
@@ -260,7 +262,7 @@ mod tests {
         let rounding: Vec<f32> = (0..m * kk).map(|i| if i % 3 == 0 { 1.0e7 } else { (i % 7) as f32 * 0.3 }).collect();
         let mut infinite = peaked.clone();
         infinite[5] = f32::NEG_INFINITY;
-        infinite[3 * kk + 9] = f32::INFINITY;
+        infinite[3 * kk + 9] = f32::NEG_INFINITY;
         let mut all_neg_inf = peaked.clone();
         all_neg_inf[6 * kk..].fill(f32::NEG_INFINITY);
         for (name, logp) in [("peaked", peaked), ("rounding", rounding), ("inf", infinite), ("-inf row", all_neg_inf)] {
@@ -280,6 +282,12 @@ mod tests {
         let err = topk_codes(&logp, 1, 2, 4, &[0u8, 1, 4, 0], 2, 1, 1).unwrap_err().to_string();
         assert!(err.contains("item 1 codebook 0"), "{err}");
         assert!(topk_codes(&logp, 1, 2, 4, &[0i64, -1], 1, 1, 1).is_err());
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut lp = logp.clone();
+            lp[3] = bad;
+            let err = topk_codes(&lp, 1, 2, 4, &[0u8, 1], 1, 1, 1).unwrap_err().to_string();
+            assert!(err.contains("logp must not hold NaN or +inf"), "{err}");
+        }
         assert!(topk_codes(&logp, 1, 2, 3, &[0u8, 1], 1, 1, 1).is_err());
         assert!(topk_codes(&logp, 1, 2, 4, &[0u8, 1, 2], 2, 1, 1).is_err());
         let (items, _) = topk_codes(&logp, 1, 2, 4, &[0u8; 0], 0, 5, 1).unwrap();
