@@ -29,7 +29,11 @@ def code_scores(logp: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 def topk_by_codes(
     logp: torch.Tensor, codes: torch.Tensor, k: int, chunk: int = CHUNK
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `k` best items `(B, k)` and their scores, best first; ties go to the lower index."""
+    """The `k` best items `(B, k)` and their scores, best first; ties go to the lower index.
+    `logp` may hold -inf but not NaN or +inf, as in the engine's `topk_codes` (a +inf and a
+    -inf term would make a NaN score)."""
+    if bool((torch.isnan(logp) | torch.isposinf(logp)).any()):
+        raise ValueError("logp must not hold NaN or +inf (log-probabilities or logits are < +inf)")
     n = codes.shape[0]
     k = min(k, n)
     b = logp.shape[0]
