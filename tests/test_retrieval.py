@@ -137,15 +137,15 @@ def test_topk_by_codes_equals_brute_force(n, m, k, kk, chunk, seed):
     assert torch.equal(scores, want.values[:, : min(k, n)])
 
 
-# ---------------------------------------------------------------- the trie and TIGER
-
-
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_topk_by_codes_refuses_nan_and_plus_inf_like_the_engine(bad):
     logp = torch.zeros(1, 2, 4)
     logp[0, 1, 2] = bad
     with pytest.raises(ValueError, match=r"logp must not hold NaN or \+inf"):
         topk_by_codes(logp, torch.tensor([[0, 1], [1, 2]]), 1)
+
+
+# ---------------------------------------------------------------- the trie and TIGER
 
 
 def test_trie_allows_only_real_prefixes():
