@@ -2,6 +2,7 @@
 dataset on validation AUC, seed 0, DeepFM; then the v2 run configs with the choices in them.
 
     python scripts/tune_v2.py                  # resumable; one row per finished cell
+    python scripts/tune_v2.py --max-minutes 40 # start no cell after 40 minutes (then resume)
     python scripts/tune_v2.py --write-configs  # choose and write docs/results/v2/<dataset>.yaml
 
 Each tuning cell appends a row to docs/results/v2/tuning/<dataset>.csv (λ, validation AUC,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from moc_fast.fileio import atomic_write_bytes, read_csv_rows, write_csv_rows
@@ -67,13 +69,17 @@ def choose(rows: list[dict], method: str, scale: int) -> tuple[float, int]:
     return float(best["embedding_l2"]), LONG_EPOCHS if capped else EPOCHS
 
 
-def run(dataset: str) -> None:
+def run(dataset: str, deadline: float = float("inf")) -> bool:
+    """Run `dataset`'s remaining cells; False if it stopped at `deadline` (time.monotonic)
+    with cells left."""
     from moc_fast.study import StudyConfig, StudyData, train_cell
 
     path = OUT / "tuning" / f"{dataset}.csv"
     rows = read_csv_rows(path)
     ds = None
     while todo := tuning_cells(rows):
+        if time.monotonic() >= deadline:
+            return False
         method, scale, lam = todo[0]
         cfg = StudyConfig(**BASE, datasets=[str(DATA / dataset)], methods=[method],
                           scales=[scale], embedding_l2=lam, out=str(OUT / "tuning"))  # fmt: skip
@@ -86,6 +92,7 @@ def run(dataset: str) -> None:
                      **kept})  # fmt: skip
         write_csv_rows(path, rows, COLUMNS)
         print(json.dumps(rows[-1]), flush=True)
+    return True
 
 
 def write_configs() -> None:
@@ -117,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--write-configs", action="store_true")
+    parser.add_argument("--max-minutes", type=float, default=float("inf"),
+                        help="start no new cell after this many minutes")  # fmt: skip
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + 60 * args.max_minutes
     if args.write_configs:
         write_configs()
         return 0
     for dataset in args.datasets.split(","):
-        run(dataset)
+        if not run(dataset, deadline):
+            print(f"stopped at --max-minutes {args.max_minutes:g}; rerun to resume", flush=True)
+            break
     return 0
 
 
