@@ -5,8 +5,9 @@ No GPU is needed: `python -m moc_fast.kernels.compile_check` builds each kernel 
 own compiler for sm_80 (A100) and sm_90 (H100/H200), exactly as `moc_embedding` would launch
 it, every autotune candidate included, over forward/backward × fusion × activation × dtype ×
 precision, and reads registers and spills from `ptxas -v`. The default run covers the headline
-shape (7, 64, 224) and the largest supported one (16, 128, 1024); `-m slow` adds the whole
-shape grid. It runs in a subprocess because the test session uses Triton's interpreter,
+shape (7, 64, 224) and the largest supported one (16, 128, 1024), each fusion with every dtype
+and precision (SiLU) and every activation (bfloat16); `-m slow` builds every combination over
+the whole shape grid. It runs in a subprocess because the test session uses Triton's interpreter,
 whose kernels cannot be compiled.
 """
 
