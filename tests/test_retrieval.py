@@ -224,6 +224,27 @@ def test_sasrec_and_the_parallel_decoder_beat_popularity(small):
     assert torch.equal(items, want)
 
 
+@pytest.mark.parametrize("k", [8, 300])
+def test_parallel_decoder_keeps_its_codes_compact_and_ranks_exactly(k):
+    gen = torch.Generator().manual_seed(k)
+    codes = torch.randint(0, k, (50, 3), generator=gen)
+    torch.manual_seed(0)
+    model = ParallelDecoder(codes, k, dim=16, layers=1, heads=1, dropout=0.0).eval()
+    assert model.codes.dtype == (torch.uint8 if k <= 256 else torch.int16)
+    assert torch.equal(model.codes[:50].long(), codes)
+    h = torch.randint(0, 50, (4, 6), generator=gen)
+    h[0, :4] = -1  # left padding
+    items, scores = model.topk(h, 7)
+    want = torch.sort(model.scores(h), dim=1, descending=True, stable=True)
+    assert torch.equal(items, want.indices[:, :7])
+    assert torch.equal(scores, want.values[:, :7])  # both sum the codes in code order
+    # a state saved with int64 codes (before they were stored compactly) loads
+    again = ParallelDecoder(codes, k, dim=16, layers=1, heads=1, dropout=0.0).eval()
+    again.load_state_dict({**model.state_dict(), "codes": model.codes.long()})
+    assert again.codes.dtype == model.codes.dtype
+    assert torch.equal(again.topk(h, 7)[0], items)
+
+
 def test_item_softmax_loss_is_the_catalogue_cross_entropy_of_the_scores(small):
     _, s = small
     gen = torch.Generator().manual_seed(3)

@@ -8,11 +8,11 @@ Each model maps a history `(B, L)` of item indices (left-padded with PAD = -1) t
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moc_fast.nn.item_codes import code_dtype
 from moc_fast.nn.moc_embedding import MoCEmbedding
 from moc_fast.retrieval.protocol import MAX_HISTORY
 from moc_fast.retrieval.topk import code_scores, topk_by_codes
@@ -114,7 +114,10 @@ class ParallelDecoder(nn.Module):
         self.num_items, self.num_codebooks = codes.shape
         self.codebook_size = codebook_size
         pad_row = torch.zeros(1, self.num_codebooks, dtype=torch.long)
-        self.register_buffer("codes", torch.cat([codes.long(), pad_row]))  # last row: padding
+        # The smallest dtype that holds the codes (uint8 at K <= 256: 7 MB for 1M items x 7
+        # codes, not 56 as int64), read by the engine's top-k as is; last row: padding.
+        table = torch.cat([codes.long(), pad_row]).to(code_dtype(codebook_size - 1))
+        self.register_buffer("codes", table)
         self.embed = MoCEmbedding(self.num_codebooks, codebook_size, dim, fusion=fusion)
         # MoCEmbedding's CTR default (std 0.01) would leave the items invisible next to the
         # learned positions: start the summed code embeddings at SASRec's item scale instead.
@@ -124,12 +127,11 @@ class ParallelDecoder(nn.Module):
             nn.init.normal_(self.ids.weight, std=0.02)
         self.encoder = CausalEncoder(dim, layers, heads, dropout, max_len)
         self.heads = nn.Linear(dim, self.num_codebooks * codebook_size)
-        self._compact: np.ndarray | None = None  # codes for the engine's top-k, made on use
 
     def _state(self, history: Tensor) -> Tensor:
         pad = history < 0
         item = history.masked_fill(pad, self.num_items)
-        x = self.embed(self.codes[item]).sum(-2)
+        x = self.embed(self.codes[item].long()).sum(-2)
         if self.ids is not None:
             x = x + self.ids(item)
         return self.encoder(x, pad)
@@ -141,7 +143,7 @@ class ParallelDecoder(nn.Module):
         the (B, M, K) logits, without a (B, N) gather-sum and its scatter in the backward."""
         m, k = self.num_codebooks, self.codebook_size
         offsets = torch.arange(m, device=state.device) * k
-        flat = self.codes[: self.num_items] + offsets  # (N, M) rows of the stacked heads
+        flat = self.codes[: self.num_items].long() + offsets  # (N, M) rows of the stacked heads
         weight = F.embedding(flat, self.heads.weight).sum(1)  # (N, dim)
         bias = self.heads.bias[flat].sum(1)  # (N,)
         return torch.addmm(bias, state, weight.T)
@@ -162,16 +164,13 @@ class ParallelDecoder(nn.Module):
             return topk_by_codes(logp, self.codes[: self.num_items], k)
         from moc_fast.engine import topk_codes
 
-        if self._compact is None:  # the smallest dtype that holds the codes
-            dtype = np.uint8 if self.codebook_size <= 256 else np.uint16
-            dtype = dtype if self.codebook_size <= 65536 else np.int64
-            self._compact = self.codes[: self.num_items].numpy().astype(dtype)
-        items, scores = topk_codes(logp.detach().float().numpy(), self._compact, k)
+        codes = self.codes[: self.num_items].numpy()  # a view: uint8 at K <= 256
+        items, scores = topk_codes(logp.detach().float().numpy(), codes, k)
         return torch.from_numpy(items), torch.from_numpy(scores)
 
     def loss(self, history: Tensor, target: Tensor) -> Tensor:
         if self.loss_kind == "items":
             return F.cross_entropy(self._item_logits(self._state(history)), target)
         logp = self.log_probs(history)  # (B, M, K)
-        want = self.codes[target]  # (B, M)
+        want = self.codes[target].long()  # (B, M)
         return -logp.gather(2, want[..., None]).squeeze(-1).sum(1).mean()
