@@ -68,7 +68,7 @@ def measure(decoder: str, n: int) -> dict:
             return model.topk(history, TOP)[0]
 
     with torch.no_grad():
-        decode()  # warm-up: lazy structures (the engine's compact code table) are built here
+        decode()  # warm-up: first-call allocations and lazy set-up happen here, not in the timings
         built = _status_mb("VmRSS")
         build_peak = _status_mb("VmHWM")
         build_s = time.perf_counter() - t0
