@@ -28,7 +28,8 @@ pub type TileFn =
 
 /// Lanes of the running minimum: lane `l` of a row holds the best value, and its code, among
 /// the codes `≡ l (mod 16)` seen so far. Visiting codes in increasing order with a strict `<`
-/// keeps the lowest index of each lane's minimum.
+/// keeps the lowest index of each lane's minimum. The AVX2 kernel folds into lanes 0..8 only
+/// (codes `≡ l (mod 8)`), leaving lanes 8..16 at +inf, which every reduction then passes over.
 pub const LANES: usize = 16;
 
 /// As [`TileFn`], then fold `bias[j] + alpha * dot[i][j]` (code `base + j`) into the running
@@ -142,7 +143,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => pick!(avx512::tile, avx512::tile_argmin, avx512::reduce),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => pick!(avx2::tile, avx2::tile_argmin, reduce_portable),
+            Isa::Avx2 => pick!(avx2::tile, avx2::tile_argmin, avx2::reduce),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => pick!(neon::tile, neon::tile_argmin, reduce_portable),
             _ => pick!(tile_portable, tile_argmin_portable, reduce_portable),
@@ -434,6 +435,25 @@ mod tests {
         }
         assert_eq!(c[0], c[1]);
         assert_eq!(c[0], c[2]);
+    }
+
+    #[test]
+    fn a_nan_score_never_wins_and_never_hides_a_neighbour() {
+        // Scores are the bias (the products are 0). A NaN beside the minimum, in the same lane
+        // or as its j +/- 8 partner (which the AVX2 kernel compares in registers), is skipped.
+        let (a, b) = (vec![0f32; MR], vec![0f32; NR]);
+        for (best, nans) in [(9, &[1usize][..]), (1, &[9][..]), (17, &[1, 9, 25]), (0, &[8, 16, 24]), (30, &[31])] {
+            let mut bias: Vec<f32> = (0..NR).map(|j| 100.0 + j as f32).collect();
+            bias[best] = -1.0;
+            for &j in nans {
+                bias[j] = f32::NAN;
+            }
+            for isa in Isa::available() {
+                let (_, f, r) = isa.kernels(ROWS);
+                let got = run_argmin(f, r, 1, &a, &b, &bias);
+                assert!(got.iter().all(|&g| g == (64 + best, -1.0)), "{isa:?} {nans:?}: {got:?}");
+            }
+        }
     }
 
     #[test]
