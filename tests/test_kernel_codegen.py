@@ -1,7 +1,7 @@
 """The machine code of the built AVX2 kernels, checked for one known regression.
 
 LLVM 22 compiles "load the running minimum, blend in the new value, store it back" into a
-masked store (`vmaskmovps`), which is microcoded on AMD Zen: it made the AVX2 assign 1.7x
+masked store (`vmaskmovps`), which is microcoded on AMD Zen: it made the AVX2 assign 1.4x
 slower on Zen 4 while every correctness test passed. A compiler upgrade can bring it back.
 """
 
