@@ -1,7 +1,7 @@
 """The machine code of the built AVX2 kernels, checked for one known regression.
 
 LLVM 22 compiles "load the running minimum, blend in the new value, store it back" into a
-masked store (`vmaskmovps`), which is microcoded on AMD Zen: it made the AVX2 assign 1.4x
+masked store (`vmaskmovps`), which is slow on AMD Zen: it made the AVX2 assign 1.4x
 slower on Zen 4 while every correctness test passed. A compiler upgrade can bring it back.
 """
 
@@ -37,4 +37,4 @@ def test_the_avx2_kernels_contain_no_masked_store():
     # If the symbols are renamed or stripped, say so instead of passing on nothing.
     assert {"moc_fast::kernel::avx2::tile_argmin", "moc_fast::kernel::avx2::tile"} <= set(avx2)
     masked = {name for name, body in avx2.items() if re.search(r"\bv?p?maskmov", body)}
-    assert not masked, f"masked stores (microcoded on AMD) in {sorted(masked)}"
+    assert not masked, f"masked stores (slow on AMD Zen) in {sorted(masked)}"

@@ -125,7 +125,7 @@ pub unsafe fn tile_argmin<const L: u8>(
 ///
 /// The value is kept with `min` (`v < bv ? v : bv`, the same lanes as the blend), not a blend
 /// of the loaded minima: LLVM 22 turns that store-of-a-blend into `vmaskmovps`, which is
-/// microcoded on AMD Zen (an assign at d = 32, K = 256 ran 1.4x faster without it on Zen 4).
+/// slow on AMD Zen (an assign at d = 32, K = 256 ran 1.4x faster without it on Zen 4).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fold(pv: *mut f32, pi: *mut __m256i, v: __m256, code: __m256i) {
     let bv = _mm256_loadu_ps(pv);
